@@ -1,0 +1,181 @@
+"""Configuration: a TOML file overridden by ``KANTATA_SYNC_*`` variables, read once at the edge.
+
+The CLI calls :func:`load_settings` with the process environment; everything below it receives
+the resulting :class:`Settings` and never looks at the environment itself.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+
+from .exceptions import ConfigError
+
+ENV_PREFIX = "KANTATA_SYNC_"
+DEFAULT_API_BASE_URL = "https://api.mavenlink.com/api/v1"
+DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///kantata-sync.db"
+CREDENTIAL_NAME = "kantata-token"
+
+
+class Settings(BaseModel):
+    """Every setting kantata-sync reads, with its default and its bounds."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    database_url: str = DEFAULT_DATABASE_URL
+    api_base_url: str = DEFAULT_API_BASE_URL
+    token: SecretStr | None = None
+    token_file: Path | None = None
+    rate_limit: float = Field(default=10.0, gt=0, le=10_000)
+    """Requests per second for this token, shared by all workers."""
+    concurrency: int = Field(default=8, ge=1, le=512)
+    max_attempts: int = Field(default=5, ge=1, le=100)
+    retry_base_delay: float = Field(default=1.0, ge=0, le=3600)
+    retry_max_delay: float = Field(default=60.0, ge=0, le=86_400)
+    lease_seconds: float = Field(default=300.0, gt=0, le=86_400)
+    request_timeout: float = Field(default=60.0, gt=0, le=180)
+    batch_size: int = Field(default=500, ge=1, le=10_000)
+    grace_period: float = Field(default=30.0, ge=0, le=3600)
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_format: Literal["auto", "json", "console"] = "auto"
+    worker_name: str | None = None
+
+    @field_validator("api_base_url")
+    @classmethod
+    def _https_unless_loopback(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in {"http", "https"} or not parts.hostname:
+            raise ValueError("must be an http(s) URL with a host")
+        if parts.scheme == "http" and not _is_loopback(parts.hostname):
+            raise ValueError("must use https unless the host is loopback")
+        return value.rstrip("/")
+
+    @field_validator("database_url")
+    @classmethod
+    def _known_driver(cls, value: str) -> str:
+        scheme = value.split("://", 1)[0]
+        if scheme in {"sqlite", "sqlite+aiosqlite"}:
+            return value.replace("sqlite://", "sqlite+aiosqlite://", 1)
+        if scheme in {"postgresql", "postgres", "postgresql+asyncpg"}:
+            return "postgresql+asyncpg://" + value.split("://", 1)[1]
+        raise ValueError("must start with sqlite:// or postgresql://")
+
+    def api_token(self) -> str:
+        """The token itself; only the HTTP client should call this."""
+        if self.token is None:
+            raise ConfigError(
+                "token: no API token; set KANTATA_SYNC_TOKEN or KANTATA_SYNC_TOKEN_FILE"
+            )
+        return self.token.get_secret_value()
+
+    def masked(self) -> dict[str, Any]:
+        """The effective values, secrets masked, for ``config check`` and logs."""
+        values = self.model_dump(mode="json")
+        values["token"] = "********" if self.token is not None else None
+        values["database_url"] = _mask_url_password(self.database_url)
+        return values
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _mask_url_password(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.password:
+        return url.replace(f":{parts.password}@", ":********@", 1)
+    return url
+
+
+def load_settings(
+    config_file: Path | None,
+    environ: Mapping[str, str],
+    overrides: Mapping[str, Any] | None = None,
+) -> Settings:
+    """Merge the TOML file, the environment and explicit overrides, then validate.
+
+    Precedence, lowest first: defaults, the file, ``KANTATA_SYNC_<KEY>``, ``overrides``.
+    The token is also read from ``token_file`` or systemd's ``$CREDENTIALS_DIRECTORY``.
+    """
+    raw: dict[str, Any] = {}
+    sources: dict[str, str] = {}
+    if config_file is None and environ.get(ENV_PREFIX + "CONFIG"):
+        config_file = Path(environ[ENV_PREFIX + "CONFIG"])
+    if config_file is not None:
+        for key, value in _read_toml(config_file).items():
+            raw[key] = value
+            sources[key] = str(config_file)
+    for name in Settings.model_fields:
+        env_name = ENV_PREFIX + name.upper()
+        if env_name in environ:
+            raw[name] = environ[env_name]
+            sources[name] = env_name
+    for key, value in (overrides or {}).items():
+        if value is not None:
+            raw[key] = value
+            sources[key] = "command line"
+    try:
+        settings = Settings.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc, sources)) from exc
+    if settings.token is None:
+        token = _read_token(settings.token_file, environ.get("CREDENTIALS_DIRECTORY"))
+        if token is not None:
+            settings = settings.model_copy(update={"token": SecretStr(token)})
+    return settings
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as handle:
+            data = tomllib.load(handle)
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path}: not found") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path}: not valid TOML ({exc})") from exc
+    section = data.get("kantata_sync", data)
+    if not isinstance(section, dict):
+        raise ConfigError(f"config file {path}: [kantata_sync] must be a table")
+    return section
+
+
+def _read_token(token_file: Path | None, credentials_dir: str | None) -> str | None:
+    candidates = [token_file] if token_file is not None else []
+    if credentials_dir:
+        candidates.append(Path(credentials_dir) / CREDENTIAL_NAME)
+    for path in candidates:
+        try:
+            token = path.read_text(encoding="utf-8").strip()
+        except FileNotFoundError:
+            if path == token_file:
+                raise ConfigError(f"token_file: {path} does not exist") from None
+            continue
+        except OSError as exc:
+            raise ConfigError(f"token_file: cannot read {path} ({exc.strerror})") from None
+        if not token:
+            raise ConfigError(f"token_file: {path} is empty")
+        return token
+    return None
+
+
+def _describe(exc: ValidationError, sources: Mapping[str, str]) -> str:
+    lines = []
+    for error in exc.errors(include_input=False, include_url=False):
+        key = ".".join(str(part) for part in error["loc"]) or "config"
+        message = error["msg"]
+        if error["type"] == "extra_forbidden":
+            message = "unknown setting"
+        where = f" (from {sources[key]})" if key in sources else ""
+        lines.append(f"{key}: {message}{where}")
+    return "; ".join(lines)

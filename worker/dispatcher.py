@@ -1,0 +1,556 @@
+"""The sync loop: claim, validate, plan, send under the rate limit, classify, write back.
+
+Workspaces run concurrently (up to ``concurrency``); the steps of one workspace run in order.
+When a step must wait for a retry, the workspace's later steps are released untouched, so
+nothing overtakes it. Results and attempt records are buffered and written in batches; a lost
+buffer is harmless because the changes come back after their lease expires and are re-sent
+(a PUT is idempotent; a status change is read back before it is sent again).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from structlog.contextvars import bound_contextvars
+
+from .changes import (
+    AttemptRecord,
+    Change,
+    ClaimedRow,
+    Kind,
+    Lease,
+    Outcome,
+    Result,
+    RunStats,
+    State,
+)
+from .client import (
+    GET_WORKSPACE,
+    POST_STATUS_CHANGE,
+    PUT_WORKSPACE,
+    KantataClient,
+    status_key_of,
+    workspace_snapshot,
+)
+from .config import Settings
+from .exceptions import InputError, TokenRejected, TransportError
+from .logging import get_logger
+from .metrics import Metrics
+from .outcomes import ApiResponse, Classified, Verdict, backoff_delay, classify
+from .planner import PutStep, StatusStep, Step, WorkspacePlan, plan
+from .ratelimit import RateLimiter
+from .store import Store
+from .validation import validate_row
+
+FLUSH_INTERVAL = 0.1
+FLUSH_SIZE = 500
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(slots=True)
+class RunReport:
+    """How a run went: its counters and why it ended."""
+
+    run_id: str
+    stats: RunStats
+    ended_because: str
+    duration: float
+    lost_leases: list[int] = field(default_factory=list)
+
+
+class Dispatcher:
+    """Runs one sync run (``run``) or many (``serve``) against one store and one client."""
+
+    def __init__(
+        self,
+        store: Store,
+        client: KantataClient,
+        settings: Settings,
+        *,
+        limiter: RateLimiter | None = None,
+        metrics: Metrics | None = None,
+        owner: str | None = None,
+        rng: random.Random | None = None,
+        clock: Callable[[], datetime] = utcnow,
+    ) -> None:
+        self.store = store
+        self.client = client
+        self.settings = settings
+        self.limiter = limiter or RateLimiter(settings.rate_limit)
+        self.metrics = metrics or Metrics()
+        self.owner = owner or settings.worker_name or f"worker-{uuid.uuid4().hex[:8]}"
+        self.rng = rng or random.Random()
+        self.clock = clock
+        self.log = get_logger()
+        self.on_progress: Callable[[int], None] | None = None
+        self._results: list[Result] = []
+        self._attempts: list[AttemptRecord] = []
+        self._releases: list[Lease] = []
+        self._held: dict[int, Lease] = {}
+        self._stats = RunStats()
+        self._run_id = ""
+        self._token_rejected: TokenRejected | None = None
+
+    async def run(self, stop: asyncio.Event | None = None, *, command: str = "run") -> RunReport:
+        """Sync until nothing due is left (or ``stop`` is set); return the run's report."""
+        stop = stop or asyncio.Event()
+        self._run_id = uuid.uuid4().hex
+        self._stats = RunStats()
+        self._token_rejected = None
+        started = time.monotonic()
+        await self.store.start_run(self._run_id, self.owner, command, self.clock())
+        with bound_contextvars(run_id=self._run_id):
+            self.log.info("run.started", worker=self.owner, command=command)
+            ended_because = await self._loop(stop)
+            duration = time.monotonic() - started
+            await self.store.finish_run(
+                self._run_id, self._stats, ended_because, self.clock(), duration
+            )
+            self.metrics.run_duration.set(duration)
+            if ended_because in {"drained", "stopped"}:
+                self.metrics.last_success.set(time.time())
+            self.log.info(
+                "run.finished",
+                ended_because=ended_because,
+                duration_s=round(duration, 3),
+                claimed=self._stats.claimed,
+                succeeded=self._stats.succeeded,
+                failed=self._stats.failed,
+                invalid=self._stats.invalid,
+                retried=self._stats.retried,
+                requests=self._stats.requests,
+                rate_limited=self._stats.rate_limited,
+                lost_leases=self._stats.lost_leases,
+                outcomes=self._stats.by_outcome,
+            )
+        return RunReport(self._run_id, self._stats, ended_because, duration)
+
+    async def _loop(self, stop: asyncio.Event) -> str:
+        queue: asyncio.Queue[WorkspacePlan | None] = asyncio.Queue()
+        halt = asyncio.Event()
+        workers = [
+            asyncio.create_task(self._work(queue, halt)) for _ in range(self.settings.concurrency)
+        ]
+        flusher = asyncio.create_task(self._flush_periodically())
+        heartbeat = asyncio.create_task(self._extend_leases_periodically())
+        low_water = max(self.settings.concurrency * 2, 1)
+        ended_because = "drained"
+        try:
+            while not stop.is_set() and self._token_rejected is None:
+                if queue.qsize() >= low_water:
+                    await _wait_any(stop, halt, seconds=0.05)
+                    continue
+                claimed = await self._claim()
+                if claimed:
+                    for workspace_plan in claimed:
+                        queue.put_nowait(workspace_plan)
+                    continue
+                if queue.qsize() or self._busy(queue):
+                    await _wait_any(stop, halt, seconds=0.05)
+                    continue
+                await self.flush()
+                wait = await self._seconds_until_due()
+                if wait is None:
+                    break
+                if wait > 0:
+                    await _wait_any(stop, halt, seconds=min(wait, 1.0))
+            if self._token_rejected is not None:
+                ended_because = "token_rejected"
+            elif stop.is_set():
+                ended_because = "stopped"
+            halt.set()
+            await self._drain(queue, workers)
+        finally:
+            halt.set()
+            for task in [*workers, flusher, heartbeat]:
+                task.cancel()
+            await asyncio.gather(*workers, flusher, heartbeat, return_exceptions=True)
+            await self.flush()
+            await self._release_held()
+        return ended_because
+
+    def _busy(self, queue: asyncio.Queue[WorkspacePlan | None]) -> bool:
+        return bool(self._held) or not queue.empty()
+
+    async def _seconds_until_due(self) -> float | None:
+        now = self.clock()
+        due = await self.store.next_due(now + timedelta(seconds=self.settings.retry_max_delay))
+        if due is None:
+            return None
+        return max(0.0, (due - now).total_seconds())
+
+    async def _drain(self, queue: asyncio.Queue[WorkspacePlan | None], workers: list[Any]) -> None:
+        """Let in-flight requests finish within the grace period; queued plans are released."""
+        while not queue.empty():
+            queued = queue.get_nowait()
+            if queued is not None:
+                self._release_plan(queued)
+        for _ in workers:
+            queue.put_nowait(None)
+        _done, pending = await asyncio.wait(workers, timeout=self.settings.grace_period)
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+
+    async def _claim(self) -> list[WorkspacePlan]:
+        rows = await self.store.claim(
+            self.owner, self.settings.batch_size, self.settings.lease_seconds, self.clock()
+        )
+        if not rows:
+            return []
+        self._stats.claimed += len(rows)
+        valid: list[Change] = []
+        for row in rows:
+            self._held[row.id] = Lease(row.id, row.lease_token)
+            try:
+                valid.append(validate_row(row, ambiguous=_ambiguous(row)))
+            except InputError as exc:
+                self._invalid(row, exc)
+        return plan(valid)
+
+    def _invalid(self, row: ClaimedRow, exc: InputError) -> None:
+        with bound_contextvars(change_id=row.id):
+            self.log.warning("change.invalid", column=exc.column, error=exc.message)
+        self._finish(
+            Result(
+                row.id,
+                row.lease_token,
+                State.INVALID,
+                attempts=row.attempts,
+                error_type="invalid",
+                error_message=str(exc),
+                error_field=exc.column,
+            ),
+            kind=str(row.kind) if isinstance(row.kind, str) else "unknown",
+        )
+
+    async def _work(self, queue: asyncio.Queue[WorkspacePlan | None], halt: asyncio.Event) -> None:
+        while True:
+            workspace_plan = await queue.get()
+            if workspace_plan is None:
+                return
+            if halt.is_set():
+                self._release_plan(workspace_plan)
+                continue
+            with bound_contextvars(workspace_id=workspace_plan.workspace_id):
+                await self._run_plan(workspace_plan, halt)
+
+    async def _run_plan(self, workspace_plan: WorkspacePlan, halt: asyncio.Event) -> None:
+        for index, step in enumerate(workspace_plan.steps):
+            if halt.is_set():
+                self._release_steps(workspace_plan.steps[index:])
+                return
+            with bound_contextvars(change_id=step.change_ids[-1]):
+                try:
+                    keep_going = await self._run_step(step)
+                except TokenRejected as exc:
+                    self._token_rejected = exc
+                    halt.set()
+                    self._release_steps(workspace_plan.steps[index:])
+                    return
+                except asyncio.CancelledError:
+                    self._interrupted(step)
+                    raise
+            if not keep_going:
+                self._release_steps(workspace_plan.steps[index + 1 :])
+                return
+
+    async def _run_step(self, step: Step) -> bool:
+        """Send one step and record its results; False when the workspace must wait."""
+        if isinstance(step, StatusStep) and step.change.ambiguous:
+            confirmed = await self._read_back(step, before_send=True)
+            if confirmed is not None:
+                return confirmed
+        if isinstance(step, PutStep):
+            answer = await self._send(
+                step,
+                PUT_WORKSPACE,
+                lambda: self.client.update_workspace(step.workspace_id, step.fields),
+            )
+        else:
+            answer = await self._send(
+                step,
+                POST_STATUS_CHANGE,
+                lambda: self.client.change_status(step.workspace_id, step.to_status_key),
+            )
+        verdict = classify(answer, status_change=isinstance(step, StatusStep))
+        if verdict.verdict is Verdict.SUCCESS and isinstance(answer, ApiResponse):
+            self._succeeded(step, Outcome.APPLIED, answer)
+            return True
+        if verdict.verdict is Verdict.READ_BACK and isinstance(step, StatusStep):
+            confirmed = await self._read_back(step, before_send=False, after=verdict)
+            return True if confirmed is None else confirmed
+        return self._settle_failure(step, verdict)
+
+    async def _read_back(
+        self, step: StatusStep, *, before_send: bool, after: Classified | None = None
+    ) -> bool | None:
+        """GET the workspace to see whether the status is already in place.
+
+        Before a resend, None means "not in place: send it". After a same-status answer, the
+        change either succeeded as already applied or failed with Kantata's message.
+        """
+        answer = await self._send(
+            step, GET_WORKSPACE, lambda: self.client.get_workspace(step.workspace_id)
+        )
+        verdict = classify(answer, status_change=False)
+        if verdict.verdict is not Verdict.SUCCESS or not isinstance(answer, ApiResponse):
+            return self._settle_failure(step, verdict)
+        current = status_key_of(answer.body, step.workspace_id)
+        if current == step.to_status_key:
+            self._succeeded(step, Outcome.ALREADY_APPLIED, answer)
+            return True
+        if before_send:
+            return None
+        assert after is not None
+        self._finish(
+            Result(
+                step.change.id,
+                step.change.lease_token,
+                State.FAILED,
+                attempts=step.change.attempts + 1,
+                http_status=after.http_status,
+                error_type=after.error_type,
+                error_message=f"{after.error_message} (read-back shows status {current})",
+                error_field=after.error_field,
+            ),
+            kind=Kind.STATUS_CHANGE,
+        )
+        return True
+
+    async def _send(
+        self, step: Step, endpoint: str, request: Callable[[], Awaitable[ApiResponse]]
+    ) -> ApiResponse | TransportError:
+        waited = await self.limiter.acquire()
+        self.metrics.limiter_wait.observe(waited)
+        started = time.perf_counter()
+        attempted_at = self.clock()
+        try:
+            answer: ApiResponse | TransportError = await request()
+        except TransportError as exc:
+            answer = exc
+        duration_ms = (time.perf_counter() - started) * 1000
+        self._stats.requests += 1
+        status = answer.status if isinstance(answer, ApiResponse) else None
+        error = None if isinstance(answer, ApiResponse) else str(answer)
+        error_type = answer.kind if isinstance(answer, TransportError) else None
+        request_id = answer.request_id if isinstance(answer, ApiResponse) else None
+        if isinstance(answer, ApiResponse) and answer.status >= 400:
+            verdict = classify(answer, status_change=endpoint == POST_STATUS_CHANGE)
+            error, error_type = verdict.error_message, verdict.error_type
+        if status == 429:
+            self._stats.rate_limited += 1
+            self.metrics.throttled.inc()
+            assert isinstance(answer, ApiResponse)
+            self.limiter.on_throttled(answer.retry_after)
+        self.metrics.requests.labels(endpoint, str(status) if status else "none").inc()
+        self.metrics.request_duration.labels(endpoint).observe(duration_ms / 1000)
+        self._attempts.append(
+            AttemptRecord(
+                self._run_id,
+                step.change_ids,
+                step.workspace_id,
+                endpoint,
+                status,
+                duration_ms,
+                error_type,
+                error,
+                request_id,
+                attempted_at,
+            )
+        )
+        self.log.info(
+            "http.attempt",
+            endpoint=endpoint,
+            change_ids=list(step.change_ids),
+            status=status,
+            duration_ms=round(duration_ms, 2),
+            request_id=request_id,
+            error_type=error_type,
+            error=error,
+            limiter_wait_ms=round(waited * 1000, 2),
+        )
+        return answer
+
+    def _succeeded(self, step: Step, outcome: Outcome, answer: ApiResponse) -> None:
+        snapshot = workspace_snapshot(answer.body, step.workspace_id)
+        carrier = step.changes[-1].id
+        for change in step.changes:
+            merged = change.id != carrier
+            self._finish(
+                Result(
+                    change.id,
+                    change.lease_token,
+                    State.SUCCEEDED,
+                    outcome=Outcome.MERGED if merged else outcome,
+                    attempts=change.attempts + 1,
+                    http_status=answer.status,
+                    result=snapshot,
+                    merged_into_id=carrier if merged else None,
+                ),
+                kind=change.kind,
+            )
+
+    def _settle_failure(self, step: Step, verdict: Classified) -> bool:
+        """Record a failed attempt: retry later, fail for good, or stop the run (401)."""
+        if verdict.verdict is Verdict.TOKEN_REJECTED:
+            raise TokenRejected(verdict.error_message or "token rejected")
+        retryable = verdict.verdict is Verdict.RETRY
+        for change in step.changes:
+            attempts = change.attempts + 1
+            if retryable and attempts < self.settings.max_attempts:
+                delay = backoff_delay(
+                    attempts,
+                    base=self.settings.retry_base_delay,
+                    cap=self.settings.retry_max_delay,
+                    jitter=self.rng.random(),
+                    retry_after=verdict.retry_after,
+                )
+                self._stats.retried += 1
+                self.metrics.retries.inc()
+                self._release_lease(change.id)
+                self._results.append(
+                    Result(
+                        change.id,
+                        change.lease_token,
+                        State.PENDING,
+                        attempts=attempts,
+                        http_status=verdict.http_status,
+                        error_type=verdict.error_type,
+                        error_message=verdict.error_message,
+                        error_field=verdict.error_field,
+                        next_attempt_at=self.clock() + timedelta(seconds=delay),
+                    )
+                )
+                continue
+            message = verdict.error_message
+            if retryable:
+                message = f"gave up after {attempts} attempts: {message}"
+            self._finish(
+                Result(
+                    change.id,
+                    change.lease_token,
+                    State.FAILED,
+                    attempts=attempts,
+                    http_status=verdict.http_status,
+                    error_type=verdict.error_type,
+                    error_message=message,
+                    error_field=verdict.error_field,
+                ),
+                kind=change.kind,
+            )
+        return not retryable
+
+    def _interrupted(self, step: Step) -> None:
+        """A request cut off by shutdown may have landed: retry it later, read back first."""
+        for change in step.changes:
+            if change.id not in self._held:
+                continue
+            self._release_lease(change.id)
+            self._results.append(
+                Result(
+                    change.id,
+                    change.lease_token,
+                    State.PENDING,
+                    attempts=change.attempts + 1,
+                    error_type="interrupted",
+                    error_message="request interrupted by shutdown",
+                )
+            )
+
+    def _finish(self, result: Result, *, kind: str) -> None:
+        self._release_lease(result.change_id)
+        self._results.append(result)
+        state = result.state
+        if state is State.SUCCEEDED:
+            self._stats.succeeded += 1
+        elif state is State.FAILED:
+            self._stats.failed += 1
+        elif state is State.INVALID:
+            self._stats.invalid += 1
+        label = str(result.outcome or result.error_type or state)
+        self._stats.by_outcome[label] = self._stats.by_outcome.get(label, 0) + 1
+        self.metrics.changes.labels(kind, str(state), str(result.outcome or "")).inc()
+        if self.on_progress is not None:
+            self.on_progress(1)
+
+    def _release_lease(self, change_id: int) -> None:
+        self._held.pop(change_id, None)
+
+    def _release_steps(self, steps: tuple[Step, ...]) -> None:
+        """Hand unsent changes back to the queue untouched, at the next flush."""
+        for step in steps:
+            for change in step.changes:
+                lease = self._held.pop(change.id, None)
+                if lease is not None:
+                    self._releases.append(lease)
+
+    def _release_plan(self, workspace_plan: WorkspacePlan) -> None:
+        self._release_steps(workspace_plan.steps)
+
+    async def _release_held(self) -> None:
+        leases = list(self._held.values())
+        self._held.clear()
+        released = await self.store.release(leases, self.clock())
+        if released:
+            self.log.info("changes.released", count=released)
+
+    async def flush(self) -> None:
+        """Write buffered results and attempt records."""
+        results, self._results = self._results, []
+        attempts, self._attempts = self._attempts, []
+        releases, self._releases = self._releases, []
+        if results:
+            lost = await self.store.write_back(results, self.clock())
+            if lost:
+                self._stats.lost_leases += len(lost)
+                self.log.warning("lease.lost", change_ids=lost)
+        if releases:
+            await self.store.release(releases, self.clock())
+        if attempts:
+            await self.store.log_attempts(attempts)
+
+    async def _flush_periodically(self) -> None:
+        while True:
+            await asyncio.sleep(FLUSH_INTERVAL)
+            if self._results or self._attempts or self._releases:
+                await self.flush()
+
+    async def _extend_leases_periodically(self) -> None:
+        interval = max(self.settings.lease_seconds / 3, 0.05)
+        while True:
+            await asyncio.sleep(interval)
+            leases = list(self._held.values())
+            if leases:
+                await self.store.extend(leases, self.settings.lease_seconds, self.clock())
+
+
+def _ambiguous(row: ClaimedRow) -> bool:
+    """The last attempt of a status change got no answer or a 5xx: it may have landed."""
+    return (
+        row.kind == Kind.STATUS_CHANGE
+        and row.attempts > 0
+        and (row.http_status is None or row.http_status >= 500)
+    )
+
+
+async def _wait_any(*events: asyncio.Event, seconds: float) -> None:
+    waiters = [asyncio.create_task(event.wait()) for event in events]
+    try:
+        await asyncio.wait(waiters, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiter in waiters:
+            waiter.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.gather(*waiters, return_exceptions=True)

@@ -1,0 +1,64 @@
+"""The exceptions kantata-sync raises, all under one root.
+
+::
+
+    SyncError
+    ├── ConfigError            bad or missing configuration; names the key and the reason
+    ├── DatabaseError          the database cannot be reached or used
+    │   └── NotMigratedError   the schema is missing or older than this version
+    ├── InputError             a change a producer wrote cannot be sent (becomes ``invalid``)
+    └── ApiError               talking to Kantata OX failed
+        ├── TransportError     no HTTP response: timeout, refused or dropped connection
+        ├── ProtocolError      a response that is not the documented envelope
+        └── TokenRejected      401: the token is invalid or revoked; the run stops
+
+Library errors (aiohttp, SQLAlchemy) are translated where they are raised, with the
+original kept as ``__cause__``. No message ever contains the API token.
+"""
+
+from __future__ import annotations
+
+
+class SyncError(Exception):
+    """Root of every error kantata-sync raises on purpose."""
+
+
+class ConfigError(SyncError):
+    """The configuration is invalid; the message names the key and the reason."""
+
+
+class DatabaseError(SyncError):
+    """The database could not be reached or a statement failed."""
+
+
+class NotMigratedError(DatabaseError):
+    """The database schema is missing or behind this version of kantata-sync."""
+
+
+class InputError(SyncError):
+    """A producer's change is malformed; ``column`` says which part is wrong."""
+
+    def __init__(self, column: str, message: str) -> None:
+        super().__init__(f"{column}: {message}")
+        self.column = column
+        self.message = message
+
+
+class ApiError(SyncError):
+    """A request to Kantata OX did not produce a usable answer."""
+
+
+class TransportError(ApiError):
+    """No HTTP response arrived; ``kind`` is ``timeout``, ``connection`` or ``payload``."""
+
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
+class ProtocolError(ApiError):
+    """Kantata OX answered with something that is not its documented envelope."""
+
+
+class TokenRejected(ApiError):
+    """Kantata OX answered 401: every further request with this token would fail too."""

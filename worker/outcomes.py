@@ -1,0 +1,143 @@
+"""Pure classification of Kantata OX answers, and the backoff that follows a retryable one.
+
+DESIGN.md's table: 2xx → applied; 429, 5xx, timeouts, connection errors → retry with
+exponential backoff and full jitter; 400, 403, 404, 422 → failed at once with Kantata's error;
+the same-status 422 of a status change → confirm by read-back; 401 → stop the run.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from enum import StrEnum
+
+from .changes import JSONObject
+from .exceptions import TransportError
+
+SAME_STATUS = re.compile(
+    r"already (has|have|is in|in|at) (the )?(specified|same|this) status", re.I
+)
+
+
+@dataclass(frozen=True, slots=True)
+class ApiResponse:
+    """An HTTP answer from Kantata OX, body already parsed."""
+
+    status: int
+    body: JSONObject | None
+    request_id: str | None = None
+    retry_after: float | None = None
+    duration_ms: float = 0.0
+
+
+class Verdict(StrEnum):
+    SUCCESS = "success"
+    READ_BACK = "read_back"
+    RETRY = "retry"
+    PERMANENT = "permanent"
+    TOKEN_REJECTED = "token_rejected"
+
+
+@dataclass(frozen=True, slots=True)
+class Classified:
+    """A verdict with the details that are written back beside the change."""
+
+    verdict: Verdict
+    http_status: int | None = None
+    error_type: str | None = None
+    error_message: str | None = None
+    error_field: str | None = None
+    retry_after: float | None = None
+
+    @property
+    def ambiguous(self) -> bool:
+        """The request may have been applied although no success was seen."""
+        return self.verdict is Verdict.RETRY and (
+            self.http_status is None or self.http_status >= 500
+        )
+
+
+def kantata_error(body: JSONObject | None) -> tuple[str | None, str | None, str | None]:
+    """Kantata's error type, message(s) and field from ``{"errors": [...]}``, if present."""
+    errors = body.get("errors") if isinstance(body, dict) else None
+    if not isinstance(errors, list) or not errors:
+        return None, None, None
+    items = [e for e in errors if isinstance(e, dict)]
+    if not items:
+        return None, None, None
+    first = items[0]
+    messages = "; ".join(str(e["message"]) for e in items if e.get("message") is not None)
+    field = first.get("field")
+    kind = first.get("type")
+    return (
+        str(kind) if kind is not None else None,
+        messages or None,
+        str(field) if field is not None else None,
+    )
+
+
+def classify(answer: ApiResponse | TransportError, *, status_change: bool) -> Classified:
+    """Decide what an answer means for the changes of the request that got it."""
+    if isinstance(answer, TransportError):
+        return Classified(Verdict.RETRY, None, answer.kind, str(answer))
+    status = answer.status
+    kind, message, field = kantata_error(answer.body)
+    if 200 <= status < 300:
+        return Classified(Verdict.SUCCESS, status)
+    if status == 401:
+        return Classified(
+            Verdict.TOKEN_REJECTED, status, kind or "oauth", message or "token rejected"
+        )
+    if status == 429:
+        return Classified(
+            Verdict.RETRY,
+            status,
+            "rate_limited",
+            message or "rate limit exceeded",
+            field,
+            answer.retry_after,
+        )
+    if status >= 500 or status == 408:
+        return Classified(
+            Verdict.RETRY,
+            status,
+            kind or "server_error",
+            message or f"HTTP {status}",
+            field,
+            answer.retry_after,
+        )
+    if status_change and status == 422 and message and SAME_STATUS.search(message):
+        return Classified(Verdict.READ_BACK, status, kind or "validation", message, field)
+    return Classified(
+        Verdict.PERMANENT, status, kind or "http_error", message or f"HTTP {status}", field
+    )
+
+
+def backoff_delay(
+    attempt: int,
+    *,
+    base: float,
+    cap: float,
+    jitter: float,
+    retry_after: float | None = None,
+) -> float:
+    """Seconds to wait before attempt ``attempt + 1``: full jitter, capped, never under Retry-After.
+
+    ``jitter`` is a uniform draw in [0, 1); passing it in keeps this function pure.
+    """
+    ceiling = min(cap, base * 2.0 ** max(attempt - 1, 0))
+    delay: float = jitter * ceiling
+    if retry_after is not None:
+        delay = max(delay, retry_after)
+    return delay
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    """``Retry-After`` as seconds; HTTP dates and garbage are ignored (None)."""
+    if value is None:
+        return None
+    try:
+        seconds = float(value.strip())
+    except ValueError:
+        return None
+    return seconds if 0 <= seconds <= 3600 else None

@@ -1,0 +1,438 @@
+"""The outbox store: enqueue, claim under a fenced lease, write back, release, report.
+
+Claims take the oldest due pending rows of workspaces that nothing else holds, and never a row
+while an earlier row of its workspace waits for a retry, so per-workspace order holds. Each
+claim bumps the row's ``lease_token``; every write-back names the token it was given and is
+dropped if the row has since been reclaimed.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from .changes import (
+    FINAL_STATES,
+    AttemptRecord,
+    ClaimedRow,
+    Lease,
+    NewChange,
+    Result,
+    RunStats,
+    State,
+)
+from .db import translate_errors
+from .models import sync_attempts, sync_changes, sync_runs
+
+c = sync_changes.c
+CLAIM_LOCK_KEY = 0x6B616E74  # serialises claims on PostgreSQL: workspaces never in two hands
+
+
+@dataclass(frozen=True, slots=True)
+class Filters:
+    """Which changes an operator means, for ``report``, ``retry`` and ``cancel``."""
+
+    states: tuple[State, ...] = ()
+    workspace_ids: tuple[int, ...] = ()
+    ids: tuple[int, ...] = ()
+    source_refs: tuple[str, ...] = ()
+    error_types: tuple[str, ...] = ()
+    since: datetime | None = None
+
+    def where(self) -> list[sa.ColumnElement[bool]]:
+        clauses: list[sa.ColumnElement[bool]] = []
+        if self.states:
+            clauses.append(c.state.in_([str(s) for s in self.states]))
+        if self.workspace_ids:
+            clauses.append(c.workspace_id.in_(self.workspace_ids))
+        if self.ids:
+            clauses.append(c.id.in_(self.ids))
+        if self.source_refs:
+            clauses.append(c.source_ref.in_(self.source_refs))
+        if self.error_types:
+            clauses.append(c.error_type.in_(self.error_types))
+        if self.since is not None:
+            clauses.append(c.created_at >= self.since)
+        return clauses
+
+
+class Store:
+    """All reads and writes of the outbox go through here."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+        self.dialect = engine.dialect.name
+
+    def _text(self, column: sa.Column[Any]) -> sa.ColumnElement[Any]:
+        # SQLite lets producers store bytes that are not UTF-8 in a TEXT column, and the driver
+        # fails the whole fetch on them; read producer columns as bytes and decode ourselves.
+        if self.dialect == "sqlite":
+            return sa.cast(column, sa.LargeBinary).label(column.name)
+        return column
+
+    async def enqueue(self, changes: Sequence[NewChange]) -> list[int]:
+        """Insert changes in one transaction; all or nothing."""
+        if not changes:
+            return []
+        rows = [
+            {
+                "workspace_id": change.workspace_id,
+                "kind": str(change.kind),
+                "payload": json.dumps(change.payload, separators=(",", ":")),
+                "source_ref": change.source_ref,
+            }
+            for change in changes
+        ]
+        async with translate_errors("enqueueing changes"), self.engine.begin() as conn:
+            ids: list[int] = []
+            for start in range(0, len(rows), 500):
+                chunk = rows[start : start + 500]
+                result = await conn.execute(
+                    sa.insert(sync_changes).returning(c.id, sort_by_parameter_order=True),
+                    chunk,
+                )
+                ids.extend(result.scalars().all())
+            return ids
+
+    async def existing_source_refs(self, refs: Sequence[str]) -> set[str]:
+        """Which of ``refs`` are already taken (``source_ref`` is unique)."""
+        found: set[str] = set()
+        async with translate_errors("checking source_ref"), self.engine.connect() as conn:
+            for start in range(0, len(refs), 500):
+                chunk = list(refs[start : start + 500])
+                query = sa.select(c.source_ref).where(c.source_ref.in_(chunk))
+                found.update((await conn.execute(query)).scalars().all())
+        return found
+
+    async def reclaim_expired(self, conn: AsyncConnection, now: datetime) -> int:
+        result = await conn.execute(
+            sa.update(sync_changes)
+            .where(c.state == State.IN_FLIGHT, c.lease_expires_at < now)
+            .values(
+                state=State.PENDING,
+                lease_owner=None,
+                lease_expires_at=None,
+                lease_token=c.lease_token + 1,
+                updated_at=now,
+            )
+        )
+        return result.rowcount
+
+    async def claim(
+        self, owner: str, limit: int, lease_seconds: float, now: datetime
+    ) -> list[ClaimedRow]:
+        """Lease up to ``limit`` due changes, oldest first, whole workspace prefixes only."""
+        held = sync_changes.alias("held")
+        waiting = sync_changes.alias("waiting")
+        candidates = (
+            sa.select(c.id)
+            .where(
+                c.state == State.PENDING,
+                sa.or_(c.next_attempt_at.is_(None), c.next_attempt_at <= now),
+                ~sa.exists().where(
+                    held.c.workspace_id == c.workspace_id, held.c.state == State.IN_FLIGHT
+                ),
+                ~sa.exists().where(
+                    waiting.c.workspace_id == c.workspace_id,
+                    waiting.c.state == State.PENDING,
+                    waiting.c.id < c.id,
+                    waiting.c.next_attempt_at > now,
+                ),
+            )
+            .order_by(c.id)
+            .limit(limit)
+        )
+        if self.dialect == "postgresql":
+            candidates = candidates.with_for_update(skip_locked=True, of=sync_changes)
+        async with translate_errors("claiming changes"), self.engine.begin() as conn:
+            if self.dialect == "postgresql":
+                await conn.execute(sa.select(sa.func.pg_advisory_xact_lock(CLAIM_LOCK_KEY)))
+            await self.reclaim_expired(conn, now)
+            ids = (await conn.execute(candidates)).scalars().all()
+            if not ids:
+                return []
+            result = await conn.execute(
+                sa.update(sync_changes)
+                .where(c.id.in_(ids))
+                .values(
+                    state=State.IN_FLIGHT,
+                    lease_owner=owner,
+                    lease_expires_at=now + timedelta(seconds=lease_seconds),
+                    lease_token=c.lease_token + 1,
+                    updated_at=now,
+                )
+                .returning(
+                    c.id,
+                    c.workspace_id,
+                    self._text(c.kind),
+                    self._text(c.payload),
+                    self._text(c.source_ref),
+                    c.attempts,
+                    c.lease_token,
+                    c.http_status,
+                )
+            )
+            rows = [ClaimedRow(*row) for row in result.all()]
+        rows.sort(key=lambda row: row.id)
+        return rows
+
+    async def extend(self, leases: Sequence[Lease], lease_seconds: float, now: datetime) -> int:
+        """Push the expiry of still-held leases forward; returns how many were still held."""
+        if not leases:
+            return 0
+        async with translate_errors("extending leases"), self.engine.begin() as conn:
+            held = 0
+            for lease in leases:
+                result = await conn.execute(
+                    sa.update(sync_changes)
+                    .where(
+                        c.id == lease.change_id,
+                        c.lease_token == lease.token,
+                        c.state == State.IN_FLIGHT,
+                    )
+                    .values(lease_expires_at=now + timedelta(seconds=lease_seconds))
+                )
+                held += result.rowcount
+            return held
+
+    async def write_back(self, results: Sequence[Result], now: datetime) -> list[int]:
+        """Record results in one transaction; return the IDs whose lease had been lost."""
+        lost: list[int] = []
+        if not results:
+            return lost
+        async with translate_errors("writing results back"), self.engine.begin() as conn:
+            for res in results:
+                final = res.state in FINAL_STATES
+                values: dict[str, Any] = {
+                    "state": res.state,
+                    "outcome": res.outcome,
+                    "attempts": res.attempts,
+                    "http_status": res.http_status,
+                    "error_type": res.error_type,
+                    "error_message": res.error_message,
+                    "error_field": res.error_field,
+                    "result": json.dumps(res.result) if res.result is not None else None,
+                    "next_attempt_at": res.next_attempt_at,
+                    "merged_into_id": res.merged_into_id,
+                    "lease_owner": None,
+                    "lease_expires_at": None,
+                    "updated_at": now,
+                    "completed_at": now if final else None,
+                }
+                result = await conn.execute(
+                    sa.update(sync_changes)
+                    .where(
+                        c.id == res.change_id,
+                        c.lease_token == res.lease_token,
+                        c.state == State.IN_FLIGHT,
+                    )
+                    .values(**values)
+                )
+                if result.rowcount == 0:
+                    lost.append(res.change_id)
+        return lost
+
+    async def release(self, leases: Sequence[Lease], now: datetime) -> int:
+        """Return claimed changes to pending untouched: no attempt is charged."""
+        if not leases:
+            return 0
+        async with translate_errors("releasing changes"), self.engine.begin() as conn:
+            released = 0
+            for lease in leases:
+                result = await conn.execute(
+                    sa.update(sync_changes)
+                    .where(
+                        c.id == lease.change_id,
+                        c.lease_token == lease.token,
+                        c.state == State.IN_FLIGHT,
+                    )
+                    .values(
+                        state=State.PENDING,
+                        lease_owner=None,
+                        lease_expires_at=None,
+                        updated_at=now,
+                    )
+                )
+                released += result.rowcount
+            return released
+
+    async def log_attempts(self, records: Sequence[AttemptRecord]) -> None:
+        if not records:
+            return
+        rows = [
+            {
+                "run_id": r.run_id,
+                "change_ids": ",".join(str(i) for i in r.change_ids),
+                "workspace_id": r.workspace_id,
+                "endpoint": r.endpoint,
+                "http_status": r.http_status,
+                "duration_ms": round(r.duration_ms, 3),
+                "error_type": r.error_type,
+                "error_message": r.error_message,
+                "request_id": r.request_id,
+                "attempted_at": r.attempted_at,
+            }
+            for r in records
+        ]
+        async with translate_errors("logging attempts"), self.engine.begin() as conn:
+            await conn.execute(sa.insert(sync_attempts), rows)
+
+    async def start_run(self, run_id: str, worker: str, command: str, now: datetime) -> None:
+        async with translate_errors("recording the run"), self.engine.begin() as conn:
+            await conn.execute(
+                sa.insert(sync_runs).values(
+                    id=run_id, worker=worker, command=command, started_at=now
+                )
+            )
+
+    async def finish_run(
+        self, run_id: str, stats: RunStats, ended_because: str, now: datetime, duration: float
+    ) -> None:
+        async with translate_errors("recording the run"), self.engine.begin() as conn:
+            await conn.execute(
+                sa.update(sync_runs)
+                .where(sync_runs.c.id == run_id)
+                .values(
+                    finished_at=now,
+                    ended_because=ended_because,
+                    claimed=stats.claimed,
+                    succeeded=stats.succeeded,
+                    failed=stats.failed,
+                    invalid=stats.invalid,
+                    retried=stats.retried,
+                    requests=stats.requests,
+                    duration_s=round(duration, 3),
+                )
+            )
+
+    async def counts(self) -> dict[str, int]:
+        """Changes per state; every state is present."""
+        query = sa.select(c.state, sa.func.count()).group_by(c.state)
+        async with translate_errors("counting changes"), self.engine.connect() as conn:
+            found = {state: count for state, count in (await conn.execute(query)).all()}
+        return {str(state): int(found.get(str(state), 0)) for state in State}
+
+    async def outcome_counts(self) -> list[tuple[str, str | None, int]]:
+        """``(state, outcome, count)`` for every combination present, for reconciliation."""
+        query = (
+            sa.select(c.state, c.outcome, sa.func.count())
+            .group_by(c.state, c.outcome)
+            .order_by(c.state, c.outcome)
+        )
+        async with translate_errors("counting changes"), self.engine.connect() as conn:
+            rows = (await conn.execute(query)).all()
+        return [(str(state), outcome, int(count)) for state, outcome, count in rows]
+
+    async def oldest_pending(self) -> datetime | None:
+        query = sa.select(sa.func.min(c.created_at)).where(c.state == State.PENDING)
+        async with translate_errors("reading the queue"), self.engine.connect() as conn:
+            value = (await conn.execute(query)).scalar()
+        return _as_datetime(value)
+
+    async def next_due(self, horizon: datetime) -> datetime | None:
+        """The earliest moment a pending change becomes due, if one does before ``horizon``."""
+        due = sa.func.coalesce(c.next_attempt_at, c.created_at)
+        query = sa.select(sa.func.min(due)).where(
+            c.state == State.PENDING,
+            sa.or_(c.next_attempt_at.is_(None), c.next_attempt_at <= horizon),
+        )
+        async with translate_errors("reading the queue"), self.engine.connect() as conn:
+            value = (await conn.execute(query)).scalar()
+        return _as_datetime(value)
+
+    async def has_in_flight(self) -> bool:
+        query = sa.select(sa.func.count()).where(c.state == State.IN_FLIGHT)
+        async with translate_errors("reading the queue"), self.engine.connect() as conn:
+            return bool((await conn.execute(query)).scalar())
+
+    async def report(
+        self, filters: Filters, limit: int | None = None
+    ) -> AsyncIterator[dict[str, Any]]:
+        """One dict per change matching ``filters``, in ID order, streamed."""
+        query = (
+            sa.select(
+                c.id,
+                self._text(c.source_ref),
+                c.workspace_id,
+                self._text(c.kind),
+                c.state,
+                c.outcome,
+                c.attempts,
+                c.http_status,
+                c.error_type,
+                c.error_message,
+                c.error_field,
+                c.merged_into_id,
+                c.created_at,
+                c.updated_at,
+                c.completed_at,
+            )
+            .where(*filters.where())
+            .order_by(c.id)
+        )
+        if limit is not None:
+            query = query.limit(limit)
+        async with translate_errors("reading the report"), self.engine.connect() as conn:
+            stream = await conn.stream(query.execution_options(yield_per=1000))
+            async for row in stream:
+                item = dict(row._mapping)
+                for key in ("source_ref", "kind"):
+                    if isinstance(item[key], bytes):
+                        item[key] = item[key].decode("utf-8", errors="replace")
+                yield item
+
+    async def retry(self, filters: Filters, now: datetime, dry_run: bool) -> list[int]:
+        """Put matching failed, invalid or cancelled changes back to pending, attempts reset."""
+        allowed = (State.FAILED, State.INVALID, State.CANCELLED)
+        return await self._transition(
+            filters,
+            allowed,
+            {
+                "state": State.PENDING,
+                "attempts": 0,
+                "next_attempt_at": None,
+                "outcome": None,
+                "completed_at": None,
+                "updated_at": now,
+            },
+            dry_run,
+        )
+
+    async def cancel(self, filters: Filters, now: datetime, dry_run: bool) -> list[int]:
+        """Cancel matching pending changes; in-flight ones are left to finish."""
+        return await self._transition(
+            filters,
+            (State.PENDING,),
+            {"state": State.CANCELLED, "completed_at": now, "updated_at": now},
+            dry_run,
+        )
+
+    async def _transition(
+        self,
+        filters: Filters,
+        allowed: tuple[State, ...],
+        values: dict[str, Any],
+        dry_run: bool,
+    ) -> list[int]:
+        where = [*filters.where(), c.state.in_([str(s) for s in allowed])]
+        async with translate_errors("updating changes"), self.engine.begin() as conn:
+            if dry_run:
+                query = sa.select(c.id).where(*where).order_by(c.id)
+                return list((await conn.execute(query)).scalars().all())
+            result = await conn.execute(
+                sa.update(sync_changes).where(*where).values(**values).returning(c.id)
+            )
+            return sorted(result.scalars().all())
+
+
+def _as_datetime(value: object) -> datetime | None:
+    # min() and coalesce() keep the column type, so values arrive already converted.
+    if value is None or isinstance(value, datetime):
+        return value
+    raise TypeError(f"expected a datetime from the database, got {type(value).__name__}")
