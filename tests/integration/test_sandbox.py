@@ -1,4 +1,4 @@
-"""The sandbox over real sockets: routes, envelopes, auth, validation, limits, faults, inspection."""
+"""The sandbox over real sockets: routes, envelopes, auth, validation, limits, faults."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ import pytest
 
 from worker.sandbox import FaultConfig, SandboxConfig
 from worker.sandbox.config import ApplyThenFailMode
+from worker.sandbox.faults import FaultKind
 from worker.sandbox.testing import SandboxHandle
 
 SandboxFactory = Callable[..., AbstractAsyncContextManager[SandboxHandle]]
@@ -55,7 +56,7 @@ async def call(
     json: Any = None,
     data: bytes | str | None = None,
     headers: dict[str, str] | None = None,
-    timeout: float = 10.0,
+    client_timeout: float = 10.0,
 ) -> Reply:
     async with http.request(
         method,
@@ -63,12 +64,12 @@ async def call(
         json=json,
         data=data,
         headers=AUTH if headers is None else headers,
-        timeout=aiohttp.ClientTimeout(total=timeout),
+        timeout=aiohttp.ClientTimeout(total=client_timeout),
     ) as response:
         return Reply(response.status, response.headers, await response.json(content_type=None))
 
 
-async def put(http: aiohttp.ClientSession, sb: SandboxHandle, wid: int, **fields: Any) -> Reply:
+async def put(http: aiohttp.ClientSession, sb: SandboxHandle, wid: object, **fields: Any) -> Reply:
     return await call(http, "PUT", f"{sb.url}/workspaces/{wid}", json={"workspace": fields})
 
 
@@ -623,7 +624,7 @@ async def test_error_faults_are_5xx(
         assert len({r.status for r in replies}) > 1
         assert all(r.body["errors"][0]["type"] == "system" for r in replies)
         assert sb.state.workspaces[1].put_count == 0
-        assert sb.state.stats.faults["error"] == 12
+        assert sb.state.stats.faults[FaultKind.ERROR] == 12
 
 
 async def test_latency_is_added(
@@ -641,15 +642,17 @@ async def test_hang_times_the_client_out_without_blocking_others(
     async with sandbox_factory(faults=FaultConfig(hang_rate=1.0, hang_seconds=2.0)) as sb:
         url = f"{sb.url}/workspaces/2"
         body = {"workspace": {"title": "late"}}
-        hanging = asyncio.create_task(call(http, "PUT", url, json=body, timeout=0.3))
-        while not sb.state.stats.faults["hang"]:
+        hanging = asyncio.create_task(call(http, "PUT", url, json=body, client_timeout=0.3))
+        for _ in range(1000):
+            if sb.state.stats.faults[FaultKind.HANG]:
+                break
             await asyncio.sleep(0.01)
         sb.set_faults(FaultConfig())
         assert (await get(http, sb, 2)).status == 200
         with pytest.raises(asyncio.TimeoutError):
             await hanging
         assert sb.state.workspaces[2].put_count == 0
-        assert sb.state.stats.faults["hang"] == 1
+        assert sb.state.stats.faults[FaultKind.HANG] == 1
 
 
 async def test_drop_cuts_the_connection(
@@ -693,7 +696,7 @@ async def test_apply_then_hang(
                 http,
                 "POST",
                 f"{sb.url}/workspace_status_changes",
-                timeout=0.3,
+                client_timeout=0.3,
                 json={"workspace_status_change": {"workspace_id": 5, "to_status_key": 600}},
             )
         assert [c.to_status_key for c in sb.state.status_changes(5)] == [600]
@@ -721,7 +724,7 @@ async def test_429_bursts(sandbox_factory: SandboxFactory, http: aiohttp.ClientS
         statuses = [(await get(http, sb, 1)).status for _ in range(10)]
         first = statuses.index(429)
         assert set(statuses[first:]) == {429}
-        assert sb.state.stats.faults["burst_429"] == 1 + len(statuses) - first
+        assert sb.state.stats.faults[FaultKind.BURST_429] == 1 + len(statuses) - first
 
 
 async def test_faults_are_deterministic_under_a_seed(
@@ -760,6 +763,7 @@ async def test_faults_change_at_runtime_through_inspection(
     assert (await call(http, "GET", faults_url, headers={})).body == reply.body
     assert (await get(http, sandbox, 1)).status in {500, 502, 503}
     assert (await call(http, "GET", f"{sandbox.origin}/__sandbox__/stats")).status == 200
+    assert (await call(http, "GET", f"{sandbox.url}/not_a_route")).status == 404
     assert (await call(http, "POST", faults_url, json={}, headers={})).status == 200
     assert (await get(http, sandbox, 1)).status == 200
     for bad in ({"error_rate": 2}, {"nope": 1}, {"seed": "x"}, [1]):

@@ -3,9 +3,12 @@
 Every API request passes, in order: an injected 429 burst, the strict rate limiter (429),
 added latency, injected 5xx / hang / dropped connection, authentication (401), the body shape
 (400), the workspace lookup (404), the edit permission (403), field validation (422), the change
-itself, and finally an injected "apply, then fail". Forbidden workspaces can still be read:
-only PUT and POST answer 403, with a ``system`` error, as for a project the user can view but
-not edit. A plain GET of an archived workspace is a 404 unless ``include_archived=true``.
+itself, and finally an injected "apply, then fail". A POST whose ``workspace_id`` or
+``to_status_key`` is not a JSON integer is a 422 before the lookup. Forbidden workspaces can
+still be read: only PUT and POST answer 403, with a ``system`` error, as for a project the user
+can view but not edit. A plain GET of an archived workspace is a 404 unless
+``include_archived=true``. Any other path under ``/api/v1`` is rate limited but never faulted,
+and answers a JSON 404.
 """
 
 from __future__ import annotations
@@ -19,7 +22,8 @@ from typing import Any
 from aiohttp import web
 
 from .config import SandboxConfig
-from .faults import FaultDecision, FaultInjector, FaultKind
+from .errors import ErrorType, RequestError, unprocessable
+from .faults import NO_FAULT, FaultDecision, FaultInjector, FaultKind
 from .inspection import add_inspection_routes
 from .ratelimit import SlidingWindowLimiter
 from .render import (
@@ -35,12 +39,9 @@ from .render import (
 )
 from .state import DROPPED, Route, SandboxState, Workspace
 from .validation import (
-    ErrorType,
-    RequestError,
     check_status_key,
     parse_body,
     require_object,
-    unprocessable,
     validate_status_change,
     validate_workspace_update,
 )
@@ -85,13 +86,13 @@ class Sandbox:
         return response
 
     async def serve(
-        self, request: web.Request, route: Route, operation: Operation
+        self, request: web.Request, route: Route, operation: Operation, *, faults: bool = True
     ) -> web.StreamResponse:
-        """Run one API request through rate limiting, faults and the operation."""
+        """Run one API request through rate limiting, faults (unless off) and the operation."""
         now = self.clock()
         stats = self.state.stats
         stats.received.add(now)
-        decision = self.faults.decide(now)
+        decision = self.faults.decide(now) if faults else NO_FAULT
         kind = decision.kind
         if kind is FaultKind.BURST_429:
             stats.faults[kind] += 1
@@ -204,8 +205,8 @@ class ApiHandlers:
         return await self.sandbox.serve(request, Route.POST_STATUS_CHANGE, self._post)
 
     async def not_found(self, request: web.Request) -> web.StreamResponse:
-        """Any other path under ``/api/v1``: rate limited, then a JSON 404."""
-        return await self.sandbox.serve(request, Route.OTHER, self._missing)
+        """Any other path under ``/api/v1``: rate limited, never faulted, then a JSON 404."""
+        return await self.sandbox.serve(request, Route.OTHER, self._missing, faults=False)
 
     async def _get(self, request: web.Request) -> dict[str, Any]:
         sandbox = self.sandbox

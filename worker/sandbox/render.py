@@ -9,8 +9,8 @@ from typing import Any
 
 from worker.statuses import color_for
 
+from .errors import ApiError, ErrorType
 from .state import CustomFieldValue, StatusChange, Workspace
-from .validation import ApiError, ErrorType
 
 dumps = partial(json.dumps, separators=(",", ":"), ensure_ascii=False)
 """Compact JSON, as the API sends it."""

@@ -1,0 +1,215 @@
+"""Claims, leases, fencing and operator transitions on a real SQLite file and real PostgreSQL."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+
+import sqlalchemy as sa
+
+from worker.changes import Kind, Lease, NewChange, Result, State
+from worker.models import sync_changes
+from worker.store import Filters, Store
+
+NOW = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
+
+
+def update(workspace_id: int, title: str, ref: str | None = None) -> NewChange:
+    return NewChange(workspace_id, Kind.WORKSPACE_UPDATE, {"title": title}, ref)
+
+
+def status(workspace_id: int, key: int) -> NewChange:
+    return NewChange(workspace_id, Kind.STATUS_CHANGE, {"to_status_key": key})
+
+
+async def rows(store: Store) -> dict[int, dict[str, object]]:
+    async with store.engine.connect() as conn:
+        result = await conn.execute(sa.select(sync_changes).order_by(sync_changes.c.id))
+        return {row.id: dict(row._mapping) for row in result}
+
+
+async def test_enqueue_assigns_ascending_ids_and_defaults(store: Store) -> None:
+    ids = await store.enqueue([update(1, "a", "ref-1"), status(1, 310), update(2, "b")])
+    assert ids == sorted(ids) and len(set(ids)) == 3
+    stored = await rows(store)
+    assert [stored[i]["state"] for i in ids] == ["pending"] * 3
+    assert [stored[i]["attempts"] for i in ids] == [0, 0, 0]
+    assert json.loads(str(stored[ids[0]]["payload"])) == {"title": "a"}
+    assert stored[ids[0]]["source_ref"] == "ref-1"
+    assert isinstance(stored[ids[0]]["created_at"], datetime)
+
+
+async def test_claim_leases_oldest_first_and_never_the_same_workspace_twice(store: Store) -> None:
+    ids = await store.enqueue([update(1, "a"), update(2, "b"), update(1, "c")])
+    first = await store.claim("w1", limit=2, lease_seconds=60, now=NOW)
+    assert [r.id for r in first] == ids[:2]
+    # Workspace 1 is held by w1, so its later change must wait, although it is due.
+    assert await store.claim("w2", limit=10, lease_seconds=60, now=NOW) == []
+    stored = await rows(store)
+    assert stored[ids[0]]["state"] == "in_flight"
+    assert stored[ids[0]]["lease_owner"] == "w1"
+    assert stored[ids[2]]["state"] == "pending"
+
+
+async def test_a_change_waiting_for_retry_blocks_later_changes_of_its_workspace(
+    store: Store,
+) -> None:
+    ids = await store.enqueue([update(1, "a"), update(1, "b"), update(2, "c")])
+    [a, b, _c] = await store.claim("w", limit=10, lease_seconds=60, now=NOW)
+    await store.write_back(
+        [
+            Result(
+                a.id,
+                a.lease_token,
+                State.PENDING,
+                attempts=1,
+                next_attempt_at=NOW + timedelta(seconds=30),
+            ),
+        ],
+        NOW,
+    )
+    await store.release([Lease(b.id, b.lease_token), Lease(_c.id, _c.lease_token)], NOW)
+    claimed = await store.claim("w", limit=10, lease_seconds=60, now=NOW + timedelta(seconds=1))
+    assert [r.id for r in claimed] == [ids[2]]
+    later = await store.claim("w", limit=10, lease_seconds=60, now=NOW + timedelta(seconds=31))
+    assert [r.id for r in later] == [ids[0], ids[1]]
+
+
+async def test_write_back_is_fenced_by_the_lease_token(store: Store) -> None:
+    [change_id] = await store.enqueue([update(1, "a")])
+    [stale] = await store.claim("w1", limit=1, lease_seconds=10, now=NOW)
+    # w1 stalls past its lease; w2 reclaims the change and finishes it.
+    [fresh] = await store.claim("w2", limit=1, lease_seconds=10, now=NOW + timedelta(seconds=11))
+    assert fresh.id == change_id and fresh.lease_token > stale.lease_token
+    lost = await store.write_back(
+        [Result(change_id, stale.lease_token, State.FAILED, attempts=1, error_message="old")],
+        NOW,
+    )
+    assert lost == [change_id]
+    ok = await store.write_back(
+        [Result(change_id, fresh.lease_token, State.SUCCEEDED, attempts=1)], NOW
+    )
+    assert ok == []
+    stored = (await rows(store))[change_id]
+    assert stored["state"] == "succeeded" and stored["error_message"] is None
+    assert stored["lease_owner"] is None and stored["completed_at"] is not None
+
+
+async def test_expired_leases_return_to_pending_with_a_new_token(store: Store) -> None:
+    [change_id] = await store.enqueue([update(1, "a")])
+    [claimed] = await store.claim("dead", limit=1, lease_seconds=5, now=NOW)
+    assert await store.claim("other", limit=1, lease_seconds=5, now=NOW) == []
+    [again] = await store.claim("other", limit=1, lease_seconds=5, now=NOW + timedelta(seconds=6))
+    assert again.id == change_id
+    assert again.attempts == claimed.attempts == 0
+    assert (await rows(store))[change_id]["lease_owner"] == "other"
+
+
+async def test_release_returns_changes_untouched(store: Store) -> None:
+    ids = await store.enqueue([update(1, "a"), status(2, 310)])
+    claimed = await store.claim("w", limit=10, lease_seconds=60, now=NOW)
+    released = await store.release([Lease(r.id, r.lease_token) for r in claimed], NOW)
+    assert released == 2
+    stored = await rows(store)
+    assert [stored[i]["state"] for i in ids] == ["pending", "pending"]
+    assert [stored[i]["attempts"] for i in ids] == [0, 0]
+
+
+async def test_extend_keeps_a_lease_alive(store: Store) -> None:
+    await store.enqueue([update(1, "a")])
+    [claimed] = await store.claim("w", limit=1, lease_seconds=5, now=NOW)
+    held = await store.extend(
+        [Lease(claimed.id, claimed.lease_token)], 60, NOW + timedelta(seconds=4)
+    )
+    assert held == 1
+    assert await store.claim("x", limit=1, lease_seconds=5, now=NOW + timedelta(seconds=30)) == []
+
+
+async def test_counts_outcomes_next_due_and_report(store: Store) -> None:
+    ids = await store.enqueue([update(1, "a", "crm-1"), update(2, "b"), status(3, 310)])
+    claimed = await store.claim("w", limit=10, lease_seconds=60, now=NOW)
+    tokens = {r.id: r.lease_token for r in claimed}
+    await store.write_back(
+        [
+            Result(
+                ids[0],
+                tokens[ids[0]],
+                State.SUCCEEDED,
+                outcome=None,
+                attempts=1,
+                http_status=200,
+                result={"updated_at": "x"},
+            ),
+            Result(
+                ids[1],
+                tokens[ids[1]],
+                State.FAILED,
+                attempts=1,
+                http_status=422,
+                error_type="validation",
+                error_message="Title can't be blank",
+                error_field="title",
+            ),
+            Result(
+                ids[2],
+                tokens[ids[2]],
+                State.PENDING,
+                attempts=1,
+                http_status=503,
+                next_attempt_at=NOW + timedelta(seconds=5),
+            ),
+        ],
+        NOW,
+    )
+    counts = await store.counts()
+    assert counts["succeeded"] == 1 and counts["failed"] == 1 and counts["pending"] == 1
+    assert set(counts) == {str(s) for s in State}
+    due = await store.next_due(NOW + timedelta(seconds=60))
+    assert due == NOW + timedelta(seconds=5)
+    assert await store.next_due(NOW + timedelta(seconds=1)) is None
+    failed = [r async for r in store.report(Filters(states=(State.FAILED,)))]
+    assert [(r["id"], r["error_message"], r["error_field"]) for r in failed] == [
+        (ids[1], "Title can't be blank", "title")
+    ]
+    by_ref = [r async for r in store.report(Filters(source_refs=("crm-1",)))]
+    assert [r["id"] for r in by_ref] == [ids[0]]
+
+
+async def test_retry_and_cancel_respect_states_and_dry_run(store: Store) -> None:
+    ids = await store.enqueue([update(1, "a"), update(2, "b"), update(3, "c")])
+    claimed = await store.claim("w", limit=1, lease_seconds=60, now=NOW)
+    await store.write_back(
+        [Result(ids[0], claimed[0].lease_token, State.FAILED, attempts=5, error_type="system")],
+        NOW,
+    )
+    assert await store.retry(Filters(error_types=("system",)), NOW, dry_run=True) == [ids[0]]
+    assert (await rows(store))[ids[0]]["state"] == "failed"
+    assert await store.retry(Filters(error_types=("system",)), NOW, dry_run=False) == [ids[0]]
+    stored = (await rows(store))[ids[0]]
+    assert stored["state"] == "pending" and stored["attempts"] == 0
+    # Cancel touches pending changes only.
+    cancelled = await store.cancel(Filters(workspace_ids=(2, 3)), NOW, dry_run=False)
+    assert cancelled == ids[1:]
+    assert await store.retry(Filters(states=(State.PENDING,)), NOW, dry_run=False) == []
+
+
+async def test_existing_source_refs(store: Store) -> None:
+    await store.enqueue([update(1, "a", "crm-1"), update(1, "b", "crm-2")])
+    assert await store.existing_source_refs(["crm-2", "crm-3"]) == {"crm-2"}
+
+
+async def test_sqlite_rows_with_bytes_that_are_not_utf8_are_still_claimed(
+    sqlite_store: Store,
+) -> None:
+    """A producer can store invalid UTF-8 in SQLite; the claim must not fail on it."""
+    async with sqlite_store.engine.begin() as conn:
+        await conn.execute(
+            sa.text(
+                "INSERT INTO sync_changes (workspace_id, kind, payload) "
+                "VALUES (1, 'workspace_update', CAST(X'7B22FF22' AS TEXT))"
+            )
+        )
+    [row] = await sqlite_store.claim("w", limit=5, lease_seconds=60, now=NOW)
+    assert row.payload == b'{"\xff"'
+    report = [r async for r in sqlite_store.report(Filters())]
+    assert report[0]["kind"] == "workspace_update"
