@@ -216,7 +216,7 @@ def enqueue(ctx: click.Context, /, source: IO[str]) -> None:
 def run(ctx: click.Context, /, metrics_textfile: str | None, progress: bool | None) -> None:
     """Sync every due change, then exit (for a systemd timer or cron)."""
     settings = _settings(ctx)
-    show_progress = sys.stderr.isatty() if progress is None else progress
+    show_progress = sys.stdout.isatty() if progress is None else progress
     report = _run_async(lambda: _sync_once(settings, metrics_textfile, show_progress))
     if report.ended_because == "token_rejected":
         _fail(

@@ -32,8 +32,8 @@ class Settings(BaseModel):
     api_base_url: str = DEFAULT_API_BASE_URL
     token: SecretStr | None = None
     token_file: Path | None = None
-    rate_limit: float = Field(default=10.0, gt=0, le=10_000)
-    """Requests per second for this token, shared by all workers."""
+    rate_limit: float = Field(default=10.0, ge=0, le=10_000)
+    """Requests per second for this token, shared by all workers; 0 turns the limiter off."""
     concurrency: int = Field(default=8, ge=1, le=512)
     max_attempts: int = Field(default=5, ge=1, le=100)
     retry_base_delay: float = Field(default=1.0, ge=0, le=3600)

@@ -1,0 +1,32 @@
+# kantata-sync: `make demo` to try it, `make test` to check it, `make bench` to measure it.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: install lint test demo bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+lint: install
+	$(BIN)/ruff check worker tests migrations
+	$(BIN)/ruff format --check worker tests migrations
+	$(BIN)/mypy
+
+test: lint
+	$(BIN)/python -m pytest
+
+demo: install
+	PATH="$(CURDIR)/$(BIN):$$PATH" bash scripts/demo.sh
+
+bench: install
+	$(BIN)/python tests/bench/run.py
+
+clean:
+	rm -rf $(VENV) demo .bench .pytest_cache .mypy_cache .ruff_cache
