@@ -42,6 +42,9 @@ class Settings(BaseModel):
     request_timeout: float = Field(default=60.0, gt=0, le=180)
     batch_size: int = Field(default=500, ge=1, le=10_000)
     grace_period: float = Field(default=30.0, ge=0, le=3600)
+    breaker_threshold: int = Field(default=10, ge=0, le=10_000)
+    """Consecutive 5xx/timeouts/connection errors that pause all sending; 0 disables."""
+    breaker_cooldown: float = Field(default=30.0, gt=0, le=3600)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["auto", "json", "console"] = "auto"
     worker_name: str | None = None
@@ -59,11 +62,11 @@ class Settings(BaseModel):
     @field_validator("database_url")
     @classmethod
     def _known_driver(cls, value: str) -> str:
-        scheme = value.split("://", 1)[0]
+        scheme, _, rest = value.partition("://")
         if scheme in {"sqlite", "sqlite+aiosqlite"}:
-            return value.replace("sqlite://", "sqlite+aiosqlite://", 1)
+            return "sqlite+aiosqlite://" + rest
         if scheme in {"postgresql", "postgres", "postgresql+asyncpg"}:
-            return "postgresql+asyncpg://" + value.split("://", 1)[1]
+            return "postgresql+asyncpg://" + rest
         raise ValueError("must start with sqlite:// or postgresql://")
 
     def api_token(self) -> str:
@@ -118,7 +121,7 @@ def load_settings(
             sources[key] = str(config_file)
     for name in Settings.model_fields:
         env_name = ENV_PREFIX + name.upper()
-        if env_name in environ:
+        if env_name in environ and (environ[env_name] or name not in {"token", "token_file"}):
             raw[name] = environ[env_name]
             sources[name] = env_name
     for key, value in (overrides or {}).items():

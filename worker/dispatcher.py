@@ -15,12 +15,13 @@ import random
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from structlog.contextvars import bound_contextvars
 
+from .breaker import CircuitBreaker
 from .changes import (
     AttemptRecord,
     Change,
@@ -79,6 +80,7 @@ class Dispatcher:
         settings: Settings,
         *,
         limiter: RateLimiter | None = None,
+        breaker: CircuitBreaker | None = None,
         metrics: Metrics | None = None,
         owner: str | None = None,
         rng: random.Random | None = None,
@@ -88,6 +90,9 @@ class Dispatcher:
         self.client = client
         self.settings = settings
         self.limiter = limiter or RateLimiter(settings.rate_limit)
+        self.breaker = breaker or CircuitBreaker(
+            settings.breaker_threshold, settings.breaker_cooldown
+        )
         self.metrics = metrics or Metrics()
         self.owner = owner or settings.worker_name or f"worker-{uuid.uuid4().hex[:8]}"
         self.rng = rng or random.Random()
@@ -97,6 +102,7 @@ class Dispatcher:
         self._results: list[Result] = []
         self._attempts: list[AttemptRecord] = []
         self._releases: list[Lease] = []
+        self._flush_lock = asyncio.Lock()
         self._held: dict[int, Lease] = {}
         self._stats = RunStats()
         self._run_id = ""
@@ -142,7 +148,8 @@ class Dispatcher:
         workers = [
             asyncio.create_task(self._work(queue, halt)) for _ in range(self.settings.concurrency)
         ]
-        flusher = asyncio.create_task(self._flush_periodically())
+        flushing_done = asyncio.Event()
+        flusher = asyncio.create_task(self._flush_periodically(flushing_done))
         heartbeat = asyncio.create_task(self._extend_leases_periodically())
         low_water = max(self.settings.concurrency * 2, 1)
         ended_because = "drained"
@@ -173,9 +180,12 @@ class Dispatcher:
             await self._drain(queue, workers)
         finally:
             halt.set()
-            for task in [*workers, flusher, heartbeat]:
+            for task in [*workers, heartbeat]:
                 task.cancel()
-            await asyncio.gather(*workers, flusher, heartbeat, return_exceptions=True)
+            await asyncio.gather(*workers, heartbeat, return_exceptions=True)
+            # The flusher is stopped, never cancelled: a cancelled write-back would roll back.
+            flushing_done.set()
+            await asyncio.gather(flusher, return_exceptions=True)
             await self.flush()
             await self._release_held()
         return ended_because
@@ -214,9 +224,11 @@ class Dispatcher:
         for row in rows:
             self._held[row.id] = Lease(row.id, row.lease_token)
             try:
-                valid.append(validate_row(row, ambiguous=_ambiguous(row)))
+                change = validate_row(row)
             except InputError as exc:
                 self._invalid(row, exc)
+                continue
+            valid.append(replace(change, ambiguous=_ambiguous(change, row)))
         return plan(valid)
 
     def _invalid(self, row: ClaimedRow, exc: InputError) -> None:
@@ -332,6 +344,11 @@ class Dispatcher:
     async def _send(
         self, step: Step, endpoint: str, request: Callable[[], Awaitable[ApiResponse]]
     ) -> ApiResponse | TransportError:
+        paused = await self.breaker.wait()
+        if paused:
+            self.log.info(
+                "breaker.waited", seconds=round(paused, 3), phase=self.breaker.state.phase
+            )
         waited = await self.limiter.acquire()
         self.metrics.limiter_wait.observe(waited)
         started = time.perf_counter()
@@ -349,6 +366,9 @@ class Dispatcher:
         if isinstance(answer, ApiResponse) and answer.status >= 400:
             verdict = classify(answer, status_change=endpoint == POST_STATUS_CHANGE)
             error, error_type = verdict.error_message, verdict.error_type
+        self.breaker.record(
+            unhealthy=isinstance(answer, TransportError) or (status is not None and status >= 500)
+        )
         if status == 429:
             self._stats.rate_limited += 1
             self.metrics.throttled.inc()
@@ -507,7 +527,11 @@ class Dispatcher:
             self.log.info("changes.released", count=released)
 
     async def flush(self) -> None:
-        """Write buffered results and attempt records."""
+        """Write buffered results and attempt records; one flush at a time, in order."""
+        async with self._flush_lock:
+            await self._flush()
+
+    async def _flush(self) -> None:
         results, self._results = self._results, []
         attempts, self._attempts = self._attempts, []
         releases, self._releases = self._releases, []
@@ -521,9 +545,9 @@ class Dispatcher:
         if attempts:
             await self.store.log_attempts(attempts)
 
-    async def _flush_periodically(self) -> None:
-        while True:
-            await asyncio.sleep(FLUSH_INTERVAL)
+    async def _flush_periodically(self, done: asyncio.Event) -> None:
+        while not done.is_set():
+            await _wait_any(done, seconds=FLUSH_INTERVAL)
             if self._results or self._attempts or self._releases:
                 await self.flush()
 
@@ -536,10 +560,10 @@ class Dispatcher:
                 await self.store.extend(leases, self.settings.lease_seconds, self.clock())
 
 
-def _ambiguous(row: ClaimedRow) -> bool:
+def _ambiguous(change: Change, row: ClaimedRow) -> bool:
     """The last attempt of a status change got no answer or a 5xx: it may have landed."""
     return (
-        row.kind == Kind.STATUS_CHANGE
+        change.kind is Kind.STATUS_CHANGE
         and row.attempts > 0
         and (row.http_status is None or row.http_status >= 500)
     )

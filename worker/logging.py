@@ -15,7 +15,15 @@ from typing import Any, TextIO
 import structlog
 
 REDACTED = "[REDACTED]"
-SECRET_KEYS = frozenset({"authorization", "token", "api_token", "password", "headers"})
+SECRET_KEYS = frozenset({"authorization", "headers", "cookie"})
+SECRET_PARTS = ("token", "password", "secret", "api_key", "api-key", "credential")
+
+
+def _secret_key(key: object) -> bool:
+    name = str(key).lower()
+    return name in SECRET_KEYS or any(part in name for part in SECRET_PARTS)
+
+
 LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING}
 LEVELS["error"] = logging.ERROR
 
@@ -30,7 +38,7 @@ class Redactor:
         self, _logger: Any, _name: str, event: MutableMapping[str, Any]
     ) -> MutableMapping[str, Any]:
         for key in list(event):
-            if key.lower() in SECRET_KEYS:
+            if _secret_key(key):
                 event[key] = REDACTED
             else:
                 event[key] = self._scrub(event[key])
@@ -43,12 +51,11 @@ class Redactor:
                     value = value.replace(secret, REDACTED)
             return value
         if isinstance(value, dict):
-            return {
-                k: REDACTED if str(k).lower() in SECRET_KEYS else self._scrub(v)
-                for k, v in value.items()
-            }
-        if isinstance(value, list | tuple):
+            return {k: REDACTED if _secret_key(k) else self._scrub(v) for k, v in value.items()}
+        if isinstance(value, list | tuple | set | frozenset):
             return [self._scrub(v) for v in value]
+        if isinstance(value, bytes | bytearray):
+            return self._scrub(bytes(value).decode("utf-8", "replace"))
         if isinstance(value, BaseException):
             return self._scrub(f"{type(value).__name__}: {value}")
         return value

@@ -125,7 +125,7 @@ def backoff_delay(
 
     ``jitter`` is a uniform draw in [0, 1); passing it in keeps this function pure.
     """
-    ceiling = min(cap, base * 2.0 ** max(attempt - 1, 0))
+    ceiling = min(cap, base * 2.0 ** min(max(attempt - 1, 0), 64))
     delay: float = jitter * ceiling
     if retry_after is not None:
         delay = max(delay, retry_after)

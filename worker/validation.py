@@ -234,14 +234,22 @@ def decode_payload(raw: object) -> object:
             raise InputError("payload", f"is not valid UTF-8 (byte {exc.start})") from exc
     if not isinstance(raw, str):
         raise InputError("payload", "must be JSON text")
-    if len(raw) > MAX_PAYLOAD_BYTES:
+    if len(raw) > MAX_PAYLOAD_BYTES or len(raw.encode("utf-8", "surrogatepass")) > (
+        MAX_PAYLOAD_BYTES
+    ):
         raise InputError("payload", f"is larger than {MAX_PAYLOAD_BYTES} bytes")
+    return _loads("payload", raw)
+
+
+def _loads(column: str, text: str) -> Any:
     try:
-        return json.loads(raw)
+        return json.loads(text)
     except json.JSONDecodeError as exc:
-        raise InputError("payload", f"is not valid JSON ({exc.msg} at {exc.pos})") from exc
+        raise InputError(column, f"is not valid JSON ({exc.msg} at {exc.pos})") from exc
     except RecursionError as exc:
-        raise InputError("payload", "is nested too deeply") from exc
+        raise InputError(column, "is nested too deeply") from exc
+    except ValueError as exc:  # e.g. an integer literal longer than Python will convert
+        raise InputError(column, f"is not usable JSON ({exc})") from exc
 
 
 def _text_column(name: str, raw: object) -> object:
@@ -271,17 +279,16 @@ def validate_row(row: ClaimedRow, ambiguous: bool = False) -> Change:
 
 def parse_line(line: str) -> NewChange:
     """One JSON Lines record of ``kantata-sync enqueue`` becomes a :class:`NewChange`."""
-    try:
-        record: Any = json.loads(line)
-    except json.JSONDecodeError as exc:
-        raise InputError("line", f"is not valid JSON ({exc.msg} at column {exc.colno})") from exc
-    except RecursionError as exc:
-        raise InputError("line", "is nested too deeply") from exc
+    if len(line.encode("utf-8", "surrogatepass")) > MAX_PAYLOAD_BYTES:
+        raise InputError("line", f"is larger than {MAX_PAYLOAD_BYTES} bytes")
+    record = _loads("line", line)
     if not isinstance(record, dict):
         raise InputError("line", "must be a JSON object")
     unknown = sorted(set(record) - {"workspace_id", "kind", "payload", "source_ref"})
     if unknown:
-        raise InputError(unknown[0], "unknown column")
+        raise InputError(
+            unknown[0], "unknown column" if unknown[0] else "unknown column (empty name)"
+        )
     for column in ("workspace_id", "kind", "payload"):
         if column not in record:
             raise InputError(column, "is required")

@@ -59,7 +59,14 @@ SHAPES = [
         id="identical-statuses-never-merged",
     ),
     pytest.param(
-        [upd(1, title="a"), upd(2, title="b"), st_(3), st_(4), upd(5, title="c"), upd(6, title="d")],
+        [
+            upd(1, title="a"),
+            upd(2, title="b"),
+            st_(3),
+            st_(4),
+            upd(5, title="c"),
+            upd(6, title="d"),
+        ],
         [(1, [("put", (1, 2)), ("status", (3,)), ("status", (4,)), ("put", (5, 6))])],
         id="runs-around-two-barriers",
     ),
@@ -109,7 +116,11 @@ SHAPES = [
         id="same-template-twice-not-merged",
     ),
     pytest.param(
-        [upd(1, project_tracker_template_id=5), upd(2, title="a"), upd(3, project_tracker_template_id=6)],
+        [
+            upd(1, project_tracker_template_id=5),
+            upd(2, title="a"),
+            upd(3, project_tracker_template_id=6),
+        ],
         [(1, [("put", (1, 2)), ("put", (3,))])],
         id="template-after-merged-run-splits",
     ),
@@ -120,25 +131,67 @@ SHAPES = [
     ),
     pytest.param(
         [
-            upd(1, external_reference={"service_name": "crm", "service_model": "m", "service_model_ref": "1"}),
-            upd(2, external_reference={"service_name": "erp", "service_model": "m", "service_model_ref": "2"}),
+            upd(
+                1,
+                external_reference={
+                    "service_name": "crm",
+                    "service_model": "m",
+                    "service_model_ref": "1",
+                },
+            ),
+            upd(
+                2,
+                external_reference={
+                    "service_name": "erp",
+                    "service_model": "m",
+                    "service_model_ref": "2",
+                },
+            ),
         ],
         [(1, [("put", (1,)), ("put", (2,))])],
         id="external-refs-of-different-services-not-merged",
     ),
     pytest.param(
         [
-            upd(1, external_reference={"service_name": "crm", "service_model": "m", "service_model_ref": "1"}),
-            upd(2, external_reference={"service_name": "crm", "service_model": "m", "service_model_ref": "2"}),
+            upd(
+                1,
+                external_reference={
+                    "service_name": "crm",
+                    "service_model": "m",
+                    "service_model_ref": "1",
+                },
+            ),
+            upd(
+                2,
+                external_reference={
+                    "service_name": "crm",
+                    "service_model": "m",
+                    "service_model_ref": "2",
+                },
+            ),
         ],
         [(1, [("put", (1, 2))])],
         id="external-refs-of-same-service-merged",
     ),
     pytest.param(
         [
-            upd(1, external_reference={"service_name": "crm", "service_model": "m", "service_model_ref": "1"}),
+            upd(
+                1,
+                external_reference={
+                    "service_name": "crm",
+                    "service_model": "m",
+                    "service_model_ref": "1",
+                },
+            ),
             upd(2, title="t"),
-            upd(3, external_reference={"service_name": "erp", "service_model": "m", "service_model_ref": "2"}),
+            upd(
+                3,
+                external_reference={
+                    "service_name": "erp",
+                    "service_model": "m",
+                    "service_model_ref": "2",
+                },
+            ),
         ],
         [(1, [("put", (1, 2)), ("put", (3,))])],
         id="external-ref-conflict-after-merged-run",
@@ -198,7 +251,12 @@ FIELDS = [
     ),
     pytest.param(
         [
-            {"custom_fields": [{"custom_field_id": 7, "value": "a"}, {"custom_field_id": 8, "value": "b"}]},
+            {
+                "custom_fields": [
+                    {"custom_field_id": 7, "value": "a"},
+                    {"custom_field_id": 8, "value": "b"},
+                ]
+            },
             {"custom_fields": [{"custom_field_id": 7, "value": "c"}]},
         ],
         {
@@ -213,7 +271,12 @@ FIELDS = [
         [
             {"custom_fields": [{"custom_field_id": 7, "value": "a"}]},
             {"title": "t"},
-            {"custom_fields": [{"custom_field_id": 7, "value": "z"}, {"custom_field_id": 9, "value": "n"}]},
+            {
+                "custom_fields": [
+                    {"custom_field_id": 7, "value": "z"},
+                    {"custom_field_id": 9, "value": "n"},
+                ]
+            },
         ],
         {
             "custom_fields": [
@@ -244,10 +307,28 @@ FIELDS = [
     ),
     pytest.param(
         [
-            {"external_reference": {"service_name": "crm", "service_model": "a", "service_model_ref": "1"}},
-            {"external_reference": {"service_name": "crm", "service_model": "b", "service_model_ref": "2"}},
+            {
+                "external_reference": {
+                    "service_name": "crm",
+                    "service_model": "a",
+                    "service_model_ref": "1",
+                }
+            },
+            {
+                "external_reference": {
+                    "service_name": "crm",
+                    "service_model": "b",
+                    "service_model_ref": "2",
+                }
+            },
         ],
-        {"external_reference": {"service_name": "crm", "service_model": "b", "service_model_ref": "2"}},
+        {
+            "external_reference": {
+                "service_name": "crm",
+                "service_model": "b",
+                "service_model_ref": "2",
+            }
+        },
         id="external-reference-same-service-later-replaces",
     ),
     pytest.param(
@@ -319,9 +400,7 @@ def _ref(service: str, ref: str) -> dict[str, str]:
 
 
 small_text = st.text(alphabet="abc", min_size=1, max_size=2)
-custom_field = st.fixed_dictionaries(
-    {"custom_field_id": st.integers(1, 3), "value": small_text}
-)
+custom_field = st.fixed_dictionaries({"custom_field_id": st.integers(1, 3), "value": small_text})
 update_field = st.one_of(
     st.tuples(st.just("title"), small_text),
     st.tuples(st.just("description"), small_text),
@@ -329,7 +408,9 @@ update_field = st.one_of(
     st.tuples(st.just("custom_fields"), st.lists(custom_field, min_size=1, max_size=3)),
     st.tuples(
         st.just("invoice_preference"),
-        st.dictionaries(st.sampled_from(["project_code", "purchase_order"]), small_text, min_size=1),
+        st.dictionaries(
+            st.sampled_from(["project_code", "purchase_order"]), small_text, min_size=1
+        ),
     ),
     st.tuples(
         st.just("external_link"),

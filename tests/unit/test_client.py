@@ -1,0 +1,387 @@
+"""KantataClient against aioresponses: requests sent, answers mapped, failures translated."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from types import SimpleNamespace
+from typing import Any
+
+import aiohttp
+import pytest
+from aioresponses import aioresponses
+from yarl import URL
+
+from worker import __version__
+from worker.client import KantataClient, primary_objects, status_key_of, workspace_snapshot
+from worker.exceptions import ProtocolError, TransportError
+from worker.outcomes import ApiResponse
+
+BASE = "https://api.example.test/api/v1"
+TOKEN = "tok-S3cr3t-0123456789abcdef"
+WS_URL = f"{BASE}/workspaces/42"
+STATUS_URL = f"{BASE}/workspace_status_changes?include=workspace"
+
+
+class _Response(aiohttp.ClientResponse):
+    """aioresponses 0.7.9 predates aiohttp 3.14's required ``stream_writer`` argument."""
+
+    def __init__(self, method: str, url: URL, **kwargs: Any) -> None:
+        kwargs.setdefault("stream_writer", SimpleNamespace(output_size=0))
+        super().__init__(method, url, **kwargs)
+
+
+class Mocked(aioresponses):
+    def add(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("response_class", _Response)
+        super().add(*args, **kwargs)
+
+
+@pytest.fixture
+def mocked() -> Iterator[aioresponses]:
+    with Mocked() as m:
+        yield m
+
+
+@pytest.fixture
+async def client() -> AsyncIterator[KantataClient]:
+    async with KantataClient(BASE + "/", TOKEN, timeout=5.0) as c:
+        yield c
+
+
+def only_call(m: aioresponses, method: str, url: str) -> dict[str, Any]:
+    assert list(m.requests) == [(method, URL(url))]
+    [call] = m.requests[(method, URL(url))]
+    return call.kwargs
+
+
+def assert_common_headers(kwargs: dict[str, Any]) -> None:
+    headers = kwargs["headers"]
+    assert headers["Authorization"] == f"Bearer {TOKEN}"
+    assert headers["User-Agent"].startswith(f"kantata-sync/{__version__}")
+    assert headers["Accept"] == "application/json"
+    assert kwargs["allow_redirects"] is False
+    assert kwargs["timeout"].total == 5.0
+
+
+# --------------------------------------------------------------------------- requests
+
+
+async def test_update_workspace_request(mocked: aioresponses, client: KantataClient) -> None:
+    mocked.put(WS_URL, status=200, payload={"count": 1})
+    fields = {"title": "T", "custom_fields": [{"custom_field_id": 7, "value": "x"}]}
+    answer = await client.update_workspace(42, fields)
+    kwargs = only_call(mocked, "PUT", WS_URL)
+    assert kwargs["json"] == {"workspace": fields}
+    assert kwargs.get("params") is None
+    assert_common_headers(kwargs)
+    assert answer.status == 200
+
+
+async def test_change_status_request(mocked: aioresponses, client: KantataClient) -> None:
+    mocked.post(STATUS_URL, status=200, payload={"count": 1})
+    await client.change_status(42, 310)
+    kwargs = only_call(mocked, "POST", STATUS_URL)
+    assert kwargs["json"] == {"workspace_status_change": {"workspace_id": 42, "to_status_key": 310}}
+    assert kwargs["params"] == {"include": "workspace"}
+    assert_common_headers(kwargs)
+
+
+async def test_get_workspace_request(mocked: aioresponses, client: KantataClient) -> None:
+    mocked.get(WS_URL, status=200, payload={"count": 1})
+    await client.get_workspace(42)
+    kwargs = only_call(mocked, "GET", WS_URL)
+    assert kwargs["json"] is None
+    assert_common_headers(kwargs)
+
+
+async def test_outside_context_manager_refuses() -> None:
+    with pytest.raises(RuntimeError, match="async with"):
+        await KantataClient(BASE, TOKEN, timeout=1).get_workspace(1)
+
+
+async def test_given_session_is_used_and_not_closed(mocked: aioresponses) -> None:
+    mocked.get(WS_URL, status=200, payload={})
+    async with aiohttp.ClientSession() as session:
+        async with KantataClient(BASE, TOKEN, timeout=1, session=session) as c:
+            assert (await c.get_workspace(42)).status == 200
+        assert not session.closed
+
+
+async def test_own_session_closed_on_exit() -> None:
+    client = KantataClient(BASE, TOKEN, timeout=1)
+    async with client:
+        pass
+    with pytest.raises(RuntimeError):
+        await client.get_workspace(1)
+
+
+# --------------------------------------------------------------------------- answers
+
+ANSWERS = [
+    # status, body kwargs, headers, expected body, request_id, retry_after
+    pytest.param(
+        200,
+        {"payload": {"count": 1, "results": []}},
+        {"X-Request-Id": "req-1"},
+        {"count": 1, "results": []},
+        "req-1",
+        None,
+        id="200",
+    ),
+    pytest.param(204, {"body": b""}, {}, None, None, None, id="204-empty"),
+    pytest.param(
+        302,
+        {"body": b""},
+        {"Location": "https://elsewhere/"},
+        None,
+        None,
+        None,
+        id="302-not-followed",
+    ),
+    pytest.param(
+        400,
+        {"payload": {"errors": [{"type": "validation", "message": "bad"}]}},
+        {},
+        {"errors": [{"type": "validation", "message": "bad"}]},
+        None,
+        None,
+        id="400",
+    ),
+    pytest.param(
+        401,
+        {"payload": {"errors": [{"type": "oauth", "message": "no"}]}},
+        {},
+        {"errors": [{"type": "oauth", "message": "no"}]},
+        None,
+        None,
+        id="401",
+    ),
+    pytest.param(403, {"payload": {}}, {}, {}, None, None, id="403"),
+    pytest.param(404, {"body": b"Not Found"}, {}, None, None, None, id="404-text"),
+    pytest.param(
+        422,
+        {"payload": {"errors": []}},
+        {"X-Request-Id": "abc"},
+        {"errors": []},
+        "abc",
+        None,
+        id="422",
+    ),
+    pytest.param(429, {"body": b""}, {"Retry-After": "7"}, None, None, 7.0, id="429-retry-after"),
+    pytest.param(
+        429,
+        {"body": b""},
+        {"Retry-After": "Wed, 21 Oct 2015 07:28:00 GMT"},
+        None,
+        None,
+        None,
+        id="429-retry-after-date-ignored",
+    ),
+    pytest.param(500, {"body": b"<html>oops</html>"}, {}, None, None, None, id="500-html"),
+    pytest.param(
+        503,
+        {"payload": {"errors": [{"type": "system", "message": "down"}]}},
+        {"Retry-After": "2.5", "X-Request-Id": "r9"},
+        {"errors": [{"type": "system", "message": "down"}]},
+        "r9",
+        2.5,
+        id="503",
+    ),
+    pytest.param(200, {"body": b"[1, 2]"}, {}, None, None, None, id="json-array-is-none"),
+    pytest.param(200, {"body": b"\xff\xfe\x00"}, {}, None, None, None, id="binary-garbage"),
+    pytest.param(200, {"body": b'{"a":'}, {}, None, None, None, id="truncated-json"),
+]
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "headers", "expected", "request_id", "retry_after"), ANSWERS
+)
+async def test_answers(
+    mocked: aioresponses,
+    client: KantataClient,
+    status: int,
+    body: dict[str, Any],
+    headers: dict[str, str],
+    expected: Any,
+    request_id: str | None,
+    retry_after: float | None,
+) -> None:
+    mocked.put(WS_URL, status=status, headers=headers, **body)
+    answer = await client.update_workspace(42, {"title": "x"})
+    assert isinstance(answer, ApiResponse)
+    assert (answer.status, answer.body, answer.request_id, answer.retry_after) == (
+        status,
+        expected,
+        request_id,
+        retry_after,
+    )
+    assert answer.duration_ms >= 0
+
+
+async def test_status_change_answer(mocked: aioresponses, client: KantataClient) -> None:
+    body = {
+        "count": 1,
+        "results": [{"key": "workspace_status_changes", "id": "5"}],
+        "workspace_status_changes": {"5": {"id": "5", "workspace_id": "42"}},
+        "workspaces": {"42": {"id": "42", "status": {"key": 310}, "updated_at": "t"}},
+    }
+    mocked.post(STATUS_URL, status=200, payload=body)
+    answer = await client.change_status(42, 310)
+    assert answer.body == body
+    assert status_key_of(answer.body, 42) == 310
+
+
+# --------------------------------------------------------------------------- no answer
+
+FAILURES = [
+    pytest.param(TimeoutError(), "timeout", id="timeout"),  # asyncio.TimeoutError in 3.11
+    pytest.param(aiohttp.ServerTimeoutError("read timeout"), "timeout", id="server-timeout"),
+    pytest.param(aiohttp.ClientConnectionError("refused"), "connection", id="connection"),
+    pytest.param(aiohttp.ServerDisconnectedError(), "connection", id="disconnected"),
+    pytest.param(aiohttp.ClientOSError(104, "Connection reset by peer"), "connection", id="reset"),
+    pytest.param(aiohttp.ClientPayloadError("cut"), "connection", id="payload-cut"),
+    pytest.param(aiohttp.ClientError("other"), "connection", id="other-client-error"),
+]
+
+
+@pytest.mark.parametrize(("exc", "kind"), FAILURES)
+@pytest.mark.parametrize("call", ["update", "status", "get"])
+async def test_no_answer(
+    mocked: aioresponses, client: KantataClient, exc: BaseException, kind: str, call: str
+) -> None:
+    if call == "update":
+        mocked.put(WS_URL, exception=exc)
+        awaitable = client.update_workspace(42, {"title": "x"})
+        prefix = "PUT /workspaces/42"
+    elif call == "status":
+        mocked.post(STATUS_URL, exception=exc)
+        awaitable = client.change_status(42, 310)
+        prefix = "POST /workspace_status_changes"
+    else:
+        mocked.get(WS_URL, exception=exc)
+        awaitable = client.get_workspace(42)
+        prefix = "GET /workspaces/42"
+    with pytest.raises(TransportError) as info:
+        await awaitable
+    assert info.value.kind == kind
+    assert str(info.value).startswith(prefix)
+    assert info.value.__cause__ is exc
+    assert TOKEN not in str(info.value)
+    assert TOKEN not in repr(info.value)
+    assert "\n" not in str(info.value)
+
+
+async def test_connection_error_message_is_bounded(
+    mocked: aioresponses, client: KantataClient
+) -> None:
+    mocked.get(WS_URL, exception=aiohttp.ClientConnectionError("x\n" * 1000))
+    with pytest.raises(TransportError) as info:
+        await client.get_workspace(42)
+    assert len(str(info.value)) < 300
+    assert "\n" not in str(info.value)
+
+
+async def test_token_not_in_repr(client: KantataClient) -> None:
+    assert TOKEN not in repr(client)
+    assert TOKEN not in str(client)
+    assert BASE in repr(client)
+
+
+async def test_token_not_in_unmatched_request_error(client: KantataClient) -> None:
+    # Nothing registered: aioresponses raises a connection error naming the request.
+    with Mocked(), pytest.raises(TransportError) as info:
+        await client.get_workspace(42)
+    assert info.value.kind == "connection"
+    assert TOKEN not in str(info.value)
+
+
+# --------------------------------------------------------------------------- envelope
+
+ENVELOPE = {
+    "count": 2,
+    "results": [{"key": "workspaces", "id": "10"}, {"key": "users", "id": 7}],
+    "workspaces": {"10": {"id": "10", "title": "A"}, "11": {"id": "11"}},
+    "users": {"7": {"id": "7", "name": "U"}},
+    "meta": {"count": 2},
+}
+
+
+def test_primary_objects_in_results_order() -> None:
+    assert primary_objects(ENVELOPE) == [
+        {"id": "10", "title": "A"},
+        {"id": "7", "name": "U"},
+    ]
+
+
+def test_primary_objects_empty_results() -> None:
+    assert primary_objects({"count": 0, "results": []}) == []
+
+
+BROKEN = [
+    pytest.param(None, "no results array", id="none"),
+    pytest.param({}, "no results array", id="missing-results"),
+    pytest.param({"results": {"key": "workspaces"}}, "no results array", id="results-object"),
+    pytest.param({"results": ["workspaces/10"]}, "not an object", id="entry-string"),
+    pytest.param({"results": [{"key": "workspaces", "id": "10"}]}, "lacks", id="table-missing"),
+    pytest.param(
+        {"results": [{"key": "workspaces", "id": "10"}], "workspaces": {"11": {}}},
+        "lacks",
+        id="id-missing",
+    ),
+    pytest.param(
+        {"results": [{"key": "workspaces", "id": "10"}], "workspaces": []}, "lacks", id="table-list"
+    ),
+    pytest.param({"results": [{"id": "10"}], "workspaces": {"10": {}}}, "lacks", id="no-key"),
+    pytest.param({"results": [{"key": 5, "id": "10"}]}, "lacks", id="key-not-str"),
+]
+
+
+@pytest.mark.parametrize(("body", "fragment"), BROKEN)
+def test_primary_objects_broken(body: Any, fragment: str) -> None:
+    with pytest.raises(ProtocolError, match=fragment):
+        primary_objects(body)
+
+
+SNAPSHOTS = [
+    pytest.param(
+        {
+            "workspaces": {
+                "42": {
+                    "status": {"key": 310, "message": "Active"},
+                    "updated_at": "2026-01-01T00:00:00Z",
+                    "title": "x",
+                }
+            }
+        },
+        {"status": {"key": 310, "message": "Active"}, "updated_at": "2026-01-01T00:00:00Z"},
+        310,
+        id="full",
+    ),
+    pytest.param({"workspaces": {"42": {"title": "x"}}}, {}, None, id="no-status"),
+    pytest.param({"workspaces": {"42": {"status": "310"}}}, {}, None, id="status-not-object"),
+    pytest.param(
+        {"workspaces": {"42": {"status": {"key": "610"}}}},
+        {"status": {"key": "610"}},
+        610,
+        id="string-key",
+    ),
+    pytest.param(
+        {"workspaces": {"42": {"status": {"key": "abc"}}}},
+        {"status": {"key": "abc"}},
+        None,
+        id="garbage-key",
+    ),
+    pytest.param({"workspaces": {"42": {"status": {}}}}, {"status": {}}, None, id="no-key"),
+    pytest.param({"workspaces": {"42": {"updated_at": None}}}, {}, None, id="null-updated-at"),
+    pytest.param({"workspaces": {"43": {"status": {"key": 1}}}}, None, None, id="other-workspace"),
+    pytest.param({"workspaces": []}, None, None, id="workspaces-list"),
+    pytest.param({"workspaces": {"42": "x"}}, None, None, id="workspace-not-object"),
+    pytest.param({}, None, None, id="no-workspaces"),
+    pytest.param(None, None, None, id="none"),
+]
+
+
+@pytest.mark.parametrize(("body", "snapshot", "key"), SNAPSHOTS)
+def test_workspace_snapshot_and_status_key(body: Any, snapshot: Any, key: int | None) -> None:
+    assert workspace_snapshot(body, 42) == snapshot
+    assert status_key_of(body, 42) == key

@@ -1,0 +1,339 @@
+"""Settings: TOML file, KANTATA_SYNC_* environment, overrides, token sources, errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from worker.config import (
+    DEFAULT_API_BASE_URL,
+    DEFAULT_DATABASE_URL,
+    Settings,
+    load_settings,
+)
+from worker.exceptions import ConfigError
+
+TOKEN = "tok-S3cr3t-0123456789abcdef"
+
+
+def write(tmp_path: Path, text: str, name: str = "kantata-sync.toml") -> Path:
+    path = tmp_path / name
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_defaults() -> None:
+    settings = load_settings(None, {})
+    assert settings.api_base_url == DEFAULT_API_BASE_URL
+    assert settings.database_url == DEFAULT_DATABASE_URL
+    assert settings.token is None
+    assert (settings.rate_limit, settings.concurrency, settings.max_attempts) == (10.0, 8, 5)
+    with pytest.raises(ConfigError, match="token"):
+        settings.api_token()
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        pytest.param("rate_limit = 3.5\nconcurrency = 2\n", id="top-level"),
+        pytest.param("[kantata_sync]\nrate_limit = 3.5\nconcurrency = 2\n", id="table"),
+    ],
+)
+def test_toml_file(tmp_path: Path, text: str) -> None:
+    settings = load_settings(write(tmp_path, text), {})
+    assert (settings.rate_limit, settings.concurrency) == (3.5, 2)
+
+
+def test_config_file_from_environment(tmp_path: Path) -> None:
+    path = write(tmp_path, "max_attempts = 9\n")
+    assert load_settings(None, {"KANTATA_SYNC_CONFIG": str(path)}).max_attempts == 9
+
+
+def test_precedence_file_env_overrides(tmp_path: Path) -> None:
+    path = write(tmp_path, "rate_limit = 1\nconcurrency = 2\nmax_attempts = 3\n")
+    env = {"KANTATA_SYNC_CONCURRENCY": "20", "KANTATA_SYNC_MAX_ATTEMPTS": "30"}
+    settings = load_settings(path, env, {"max_attempts": 40, "batch_size": None})
+    assert (settings.rate_limit, settings.concurrency, settings.max_attempts) == (1.0, 20, 40)
+    assert settings.batch_size == 500  # a None override leaves the value alone
+
+
+def test_env_values_are_parsed() -> None:
+    env = {
+        "KANTATA_SYNC_RATE_LIMIT": "2.5",
+        "KANTATA_SYNC_LOG_LEVEL": "debug",
+        "KANTATA_SYNC_WORKER_NAME": "w1",
+        "KANTATA_SYNC_API_BASE_URL": "http://127.0.0.1:8080/api/v1/",
+    }
+    settings = load_settings(None, env)
+    assert settings.rate_limit == 2.5
+    assert settings.log_level == "debug"
+    assert settings.worker_name == "w1"
+    assert settings.api_base_url == "http://127.0.0.1:8080/api/v1"
+
+
+def test_unrelated_env_ignored() -> None:
+    settings = load_settings(None, {"KANTATA_SYNC_NOPE": "1", "RATE_LIMIT": "3"})
+    assert settings.rate_limit == 10.0
+
+
+ERRORS = [
+    # (file text or None, env, overrides, fragments the message must contain)
+    pytest.param(
+        "rate_limit = -1\n",
+        {},
+        {},
+        ["rate_limit", "greater than or equal to 0", "kantata-sync.toml"],
+        id="file-bound",
+    ),
+    pytest.param(
+        None,
+        {"KANTATA_SYNC_RATE_LIMIT": "fast"},
+        {},
+        ["rate_limit", "KANTATA_SYNC_RATE_LIMIT"],
+        id="env-type",
+    ),
+    pytest.param(
+        None, {}, {"concurrency": 0}, ["concurrency", "command line"], id="override-bound"
+    ),
+    pytest.param(
+        "colour = 'red'\n",
+        {},
+        {},
+        ["colour", "unknown setting", "kantata-sync.toml"],
+        id="unknown-key",
+    ),
+    pytest.param(
+        None,
+        {"KANTATA_SYNC_LOG_LEVEL": "INFO"},
+        {},
+        ["log_level", "KANTATA_SYNC_LOG_LEVEL"],
+        id="enum",
+    ),
+    pytest.param(
+        None,
+        {"KANTATA_SYNC_API_BASE_URL": "http://api.example.com/api/v1"},
+        {},
+        ["api_base_url", "https"],
+        id="http-remote",
+    ),
+    pytest.param(None, {"KANTATA_SYNC_API_BASE_URL": "ftp://x/y"}, {}, ["api_base_url"], id="ftp"),
+    pytest.param(
+        None, {"KANTATA_SYNC_API_BASE_URL": "api.example.com"}, {}, ["api_base_url"], id="no-scheme"
+    ),
+    pytest.param(
+        None, {"KANTATA_SYNC_DATABASE_URL": "mysql://x/y"}, {}, ["database_url"], id="db-driver"
+    ),
+    pytest.param(
+        None,
+        {"KANTATA_SYNC_REQUEST_TIMEOUT": "181"},
+        {},
+        ["request_timeout"],
+        id="timeout-over-3min",
+    ),
+    pytest.param(
+        None, {"KANTATA_SYNC_MAX_ATTEMPTS": "0"}, {}, ["max_attempts"], id="attempts-zero"
+    ),
+    pytest.param(
+        "rate_limit = -1\nconcurrency = 0\n",
+        {},
+        {},
+        ["rate_limit", "concurrency"],
+        id="all-errors-listed",
+    ),
+]
+
+
+@pytest.mark.parametrize(("text", "env", "overrides", "fragments"), ERRORS)
+def test_errors_name_key_and_source(
+    tmp_path: Path,
+    text: str | None,
+    env: dict[str, str],
+    overrides: dict[str, Any],
+    fragments: list[str],
+) -> None:
+    path = write(tmp_path, text) if text is not None else None
+    with pytest.raises(ConfigError) as info:
+        load_settings(path, env, overrides)
+    for fragment in fragments:
+        assert fragment in str(info.value)
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="not found"):
+        load_settings(tmp_path / "nope.toml", {})
+
+
+def test_invalid_toml(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_settings(write(tmp_path, "rate_limit = = 1\n"), {})
+
+
+def test_kantata_sync_not_a_table(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"\[kantata_sync\] must be a table"):
+        load_settings(write(tmp_path, "kantata_sync = 5\n"), {})
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        pytest.param(
+            "https://api.mavenlink.com/api/v1/", "https://api.mavenlink.com/api/v1", id="https"
+        ),
+        pytest.param("http://localhost:9000", "http://localhost:9000", id="localhost"),
+        pytest.param(
+            "http://127.0.0.1:9000/api/v1", "http://127.0.0.1:9000/api/v1", id="ipv4-loopback"
+        ),
+        pytest.param("http://127.1.2.3", "http://127.1.2.3", id="ipv4-loopback-range"),
+        pytest.param("http://[::1]:9000", "http://[::1]:9000", id="ipv6-loopback"),
+    ],
+)
+def test_api_base_url_accepted(url: str, expected: str) -> None:
+    assert load_settings(None, {}, {"api_base_url": url}).api_base_url == expected
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["http://10.0.0.1", "http://localhost.example.com", "http://[::2]", "https://", "localhost:80"],
+)
+def test_api_base_url_rejected(url: str) -> None:
+    with pytest.raises(ConfigError, match="api_base_url"):
+        load_settings(None, {}, {"api_base_url": url})
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        pytest.param("sqlite:///x.db", "sqlite+aiosqlite:///x.db", id="sqlite"),
+        pytest.param("postgresql://u:p@h/db", "postgresql+asyncpg://u:p@h/db", id="postgresql"),
+        pytest.param("postgres://u:p@h/db", "postgresql+asyncpg://u:p@h/db", id="postgres"),
+        pytest.param("postgresql+asyncpg://h/db", "postgresql+asyncpg://h/db", id="asyncpg"),
+    ],
+)
+def test_database_url_normalised(url: str, expected: str) -> None:
+    assert load_settings(None, {"KANTATA_SYNC_DATABASE_URL": url}).database_url == expected
+
+
+def test_aiosqlite_database_url_unchanged() -> None:
+    url = "sqlite+aiosqlite:///x.db"
+    assert load_settings(None, {"KANTATA_SYNC_DATABASE_URL": url}).database_url == url
+
+
+def test_rate_limit_zero_allowed() -> None:
+    assert load_settings(None, {"KANTATA_SYNC_RATE_LIMIT": "0"}).rate_limit == 0.0
+
+
+# --------------------------------------------------------------------------- token
+
+
+def test_token_from_env() -> None:
+    settings = load_settings(None, {"KANTATA_SYNC_TOKEN": TOKEN})
+    assert settings.api_token() == TOKEN
+
+
+def test_token_from_file(tmp_path: Path) -> None:
+    token_file = write(tmp_path, f"  {TOKEN}\n", "token")
+    settings = load_settings(None, {"KANTATA_SYNC_TOKEN_FILE": str(token_file)})
+    assert settings.api_token() == TOKEN
+
+
+def test_token_file_from_toml(tmp_path: Path) -> None:
+    token_file = write(tmp_path, TOKEN, "token")
+    path = write(tmp_path, f"[kantata_sync]\ntoken_file = '{token_file}'\n")
+    assert load_settings(path, {}).api_token() == TOKEN
+
+
+def test_token_from_credentials_directory(tmp_path: Path) -> None:
+    write(tmp_path, TOKEN + "\n", "kantata-token")
+    settings = load_settings(None, {"CREDENTIALS_DIRECTORY": str(tmp_path)})
+    assert settings.api_token() == TOKEN
+
+
+def test_credentials_directory_without_token_file(tmp_path: Path) -> None:
+    assert load_settings(None, {"CREDENTIALS_DIRECTORY": str(tmp_path)}).token is None
+
+
+def test_token_wins_over_token_file(tmp_path: Path) -> None:
+    token_file = write(tmp_path, "from-file", "token")
+    env = {"KANTATA_SYNC_TOKEN": TOKEN, "KANTATA_SYNC_TOKEN_FILE": str(token_file)}
+    assert load_settings(None, env).api_token() == TOKEN
+
+
+def test_token_file_wins_over_credentials_directory(tmp_path: Path) -> None:
+    write(tmp_path, "from-credentials", "kantata-token")
+    token_file = write(tmp_path, TOKEN, "token")
+    env = {"KANTATA_SYNC_TOKEN_FILE": str(token_file), "CREDENTIALS_DIRECTORY": str(tmp_path)}
+    assert load_settings(None, env).api_token() == TOKEN
+
+
+@pytest.mark.parametrize(
+    ("content", "fragment"),
+    [
+        pytest.param(None, "does not exist", id="missing"),
+        pytest.param(" \n", "is empty", id="empty"),
+    ],
+)
+def test_token_file_errors(tmp_path: Path, content: str | None, fragment: str) -> None:
+    token_file = tmp_path / "token"
+    if content is not None:
+        token_file.write_text(content)
+    with pytest.raises(ConfigError) as info:
+        load_settings(None, {"KANTATA_SYNC_TOKEN_FILE": str(token_file)})
+    assert str(info.value).startswith("token_file:")
+    assert fragment in str(info.value)
+
+
+def test_token_file_is_a_directory(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="token_file: cannot read"):
+        load_settings(None, {"KANTATA_SYNC_TOKEN_FILE": str(tmp_path)})
+
+
+def test_empty_credential_file(tmp_path: Path) -> None:
+    write(tmp_path, "\n", "kantata-token")
+    with pytest.raises(ConfigError, match="is empty"):
+        load_settings(None, {"CREDENTIALS_DIRECTORY": str(tmp_path)})
+
+
+def test_empty_token_env_not_accepted() -> None:
+    try:
+        settings = load_settings(None, {"KANTATA_SYNC_TOKEN": ""})
+    except ConfigError:
+        return
+    assert settings.token is None
+
+
+# --------------------------------------------------------------------------- secrecy
+
+
+def test_token_never_shown() -> None:
+    settings = load_settings(
+        None,
+        {"KANTATA_SYNC_TOKEN": TOKEN, "KANTATA_SYNC_DATABASE_URL": "postgresql://u:pw-Secret@db/x"},
+    )
+    masked = settings.masked()
+    assert masked["token"] == "********"
+    assert masked["database_url"] == "postgresql+asyncpg://u:********@db/x"
+    for text in (str(masked), repr(settings), str(settings), settings.model_dump_json()):
+        assert TOKEN not in text
+    assert "pw-Secret" not in str(masked)
+
+
+def test_masked_without_token() -> None:
+    masked = load_settings(None, {}).masked()
+    assert masked["token"] is None
+    assert masked["rate_limit"] == 10.0
+
+
+def test_config_errors_never_show_the_token(tmp_path: Path) -> None:
+    path = write(tmp_path, f"token = '{TOKEN}'\nrate_limit = -1\nbogus = '{TOKEN}'\n")
+    with pytest.raises(ConfigError) as info:
+        load_settings(path, {})
+    assert TOKEN not in str(info.value)
+    assert "rate_limit" in str(info.value)
+
+
+def test_settings_are_frozen() -> None:
+    settings = Settings()
+    with pytest.raises(ValueError, match="frozen"):
+        settings.rate_limit = 1.0  # type: ignore[misc]
