@@ -336,15 +336,23 @@ class Store:
         return _as_datetime(value)
 
     async def next_due(self, horizon: datetime) -> datetime | None:
-        """The earliest moment a pending change becomes due, if one does before ``horizon``."""
+        """The earliest moment a change becomes claimable, if one does before ``horizon``.
+
+        That is a pending change's retry time, or the lease expiry of an in-flight change
+        (whose worker may have died: its changes come back then).
+        """
         due = sa.func.coalesce(c.next_attempt_at, c.created_at)
-        query = sa.select(sa.func.min(due)).where(
+        pending = sa.select(sa.func.min(due)).where(
             c.state == State.PENDING,
             sa.or_(c.next_attempt_at.is_(None), c.next_attempt_at <= horizon),
         )
+        expiring = sa.select(sa.func.min(c.lease_expires_at)).where(
+            c.state == State.IN_FLIGHT, c.lease_expires_at <= horizon
+        )
         async with translate_errors("reading the queue"), self.engine.connect() as conn:
-            value = (await conn.execute(query)).scalar()
-        return _as_datetime(value)
+            first = _as_datetime((await conn.execute(pending)).scalar())
+            second = _as_datetime((await conn.execute(expiring)).scalar())
+        return min((d for d in (first, second) if d is not None), default=None)
 
     async def has_in_flight(self) -> bool:
         query = sa.select(sa.func.count()).where(c.state == State.IN_FLIGHT)

@@ -36,6 +36,8 @@ def fast_settings(sandbox: SandboxHandle, **overrides: Any) -> Settings:
         "lease_seconds": 30.0,
         "grace_period": 2.0,
         "batch_size": 200,
+        "breaker_threshold": 10,
+        "breaker_cooldown": 0.1,
     }
     values.update(overrides)
     return Settings.model_validate(values)
