@@ -25,20 +25,31 @@ from . import logging as logmod
 from .changes import NewChange, State
 from .client import KantataClient
 from .config import Settings, load_settings
+from .coordination import Coordinator, shared_limiter
 from .dispatcher import Dispatcher
 from .exceptions import ConfigError, DatabaseError, InputError, SyncError
 from .metrics import Metrics
 from .progress import progress_bar
-from .ratelimit import RateLimiter
+from .ratelimit import RateLimiter, SharedRateLimiter
 from .sandbox.cli import sandbox
 from .store import Filters, Store
 from .validation import parse_line
+
+DEAD_AFTER = 30.0
+"""Seconds without a heartbeat after which ``status`` counts a worker as dead."""
 
 EXIT_INPUT = 1
 EXIT_CONFIG = 3
 EXIT_DATABASE = 4
 EXIT_TOKEN = 5
 T = TypeVar("T")
+
+
+def make_limiter(settings: Settings, coordinator: Coordinator) -> RateLimiter | SharedRateLimiter:
+    """The shared budget when a rate is set; no limiter at all when it is 0."""
+    if settings.rate_limit <= 0:
+        return RateLimiter(0)
+    return shared_limiter(coordinator, settings.api_token(), settings.rate_limit)
 
 
 def _fail(code: int, message: str) -> NoReturn:
@@ -237,11 +248,13 @@ async def _sync_once(settings: Settings, textfile: str | None, show_progress: bo
             timeout=settings.request_timeout,
             max_connections=settings.concurrency * 2,
         ) as client:
+            coordinator = Coordinator(store.engine)
             dispatcher = Dispatcher(
                 store,
                 client,
                 settings,
-                limiter=RateLimiter(settings.rate_limit),
+                limiter=make_limiter(settings, coordinator),
+                coordinator=coordinator,
                 metrics=metrics,
             )
             stop = asyncio.Event()
@@ -249,9 +262,12 @@ async def _sync_once(settings: Settings, textfile: str | None, show_progress: bo
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, stop.set)
             total = (await store.counts())[State.PENDING]
-            async with progress_bar(show_progress, total) as advance:
-                dispatcher.on_progress = advance
-                report = await dispatcher.run(stop)
+            try:
+                async with progress_bar(show_progress, total) as advance:
+                    dispatcher.on_progress = advance
+                    report = await dispatcher.run(stop)
+            finally:
+                await dispatcher.close()
         await _update_queue_metrics(store, metrics)
         if textfile:
             metrics.write_textfile(textfile)
@@ -281,6 +297,7 @@ def status(ctx: click.Context, /, fmt: str) -> None:
             counts = await store.counts()
             breakdown = await store.outcome_counts()
             oldest = await store.oldest_pending()
+            live, dead = await Coordinator(store.engine).workers(datetime.now(UTC), DEAD_AFTER)
         finally:
             await store.engine.dispose()
         age = (datetime.now(UTC) - oldest).total_seconds() if oldest else None
@@ -291,6 +308,18 @@ def status(ctx: click.Context, /, fmt: str) -> None:
                 for state, outcome, count in breakdown
             ],
             "oldest_pending_age_seconds": round(age, 1) if age is not None else None,
+            "workers": [
+                {
+                    "name": w.name,
+                    "host": w.host,
+                    "pid": w.pid,
+                    "command": w.command,
+                    "started_at": w.started_at.isoformat(),
+                    "heartbeat_at": w.heartbeat_at.isoformat(),
+                }
+                for w in live
+            ],
+            "dead_workers": dead,
         }
 
     data = _run_async(_go)
@@ -309,6 +338,8 @@ def status(ctx: click.Context, /, fmt: str) -> None:
     console.print(table)
     age = data["oldest_pending_age_seconds"]
     console.print(f"oldest pending change: {f'{age:.0f} s old' if age is not None else 'none'}")
+    workers = ", ".join(f"{w['name']} ({w['command']} on {w['host']})" for w in data["workers"])
+    console.print(f"live workers: {workers or 'none'}")
 
 
 REPORT_COLUMNS = (

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import random
+import socket
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -42,16 +44,19 @@ from .client import (
     workspace_snapshot,
 )
 from .config import Settings
+from .coordination import Coordinator
 from .exceptions import InputError, TokenRejected, TransportError
 from .logging import get_logger
 from .metrics import Metrics
 from .outcomes import ApiResponse, Classified, Verdict, backoff_delay, classify
 from .planner import PutStep, StatusStep, Step, WorkspacePlan, plan
-from .ratelimit import RateLimiter
+from .ratelimit import RateLimiter, SharedRateLimiter
 from .store import Store
 from .validation import validate_row
 
 FLUSH_INTERVAL = 0.1
+HEARTBEAT_SECONDS = 5.0
+DEAD_AFTER_BEATS = 6
 FLUSH_SIZE = 500
 
 
@@ -79,8 +84,9 @@ class Dispatcher:
         client: KantataClient,
         settings: Settings,
         *,
-        limiter: RateLimiter | None = None,
+        limiter: RateLimiter | SharedRateLimiter | None = None,
         breaker: CircuitBreaker | None = None,
+        coordinator: Coordinator | None = None,
         metrics: Metrics | None = None,
         owner: str | None = None,
         rng: random.Random | None = None,
@@ -89,12 +95,16 @@ class Dispatcher:
         self.store = store
         self.client = client
         self.settings = settings
-        self.limiter = limiter or RateLimiter(settings.rate_limit)
+        self.limiter: RateLimiter | SharedRateLimiter = limiter or RateLimiter(settings.rate_limit)
         self.breaker = breaker or CircuitBreaker(
             settings.breaker_threshold, settings.breaker_cooldown
         )
         self.metrics = metrics or Metrics()
         self.owner = owner or settings.worker_name or f"worker-{uuid.uuid4().hex[:8]}"
+        self.coordinator = coordinator
+        self.heartbeat_interval = min(HEARTBEAT_SECONDS, settings.lease_seconds / 3)
+        self.dead_after = max(DEAD_AFTER_BEATS * self.heartbeat_interval, 1.0)
+        self._registered = False
         self.rng = rng or random.Random()
         self.clock = clock
         self.log = get_logger()
@@ -115,6 +125,7 @@ class Dispatcher:
         self._stats = RunStats()
         self._token_rejected = None
         started = time.monotonic()
+        await self.register(command)
         await self.store.start_run(self._run_id, self.owner, command, self.clock())
         with bound_contextvars(run_id=self._run_id):
             self.log.info("run.started", worker=self.owner, command=command)
@@ -215,7 +226,11 @@ class Dispatcher:
 
     async def _claim(self) -> list[WorkspacePlan]:
         rows = await self.store.claim(
-            self.owner, self.settings.batch_size, self.settings.lease_seconds, self.clock()
+            self.owner,
+            self.settings.batch_size,
+            self.settings.lease_seconds,
+            self.clock(),
+            self.dead_after if self.coordinator is not None else None,
         )
         if not rows:
             return []
@@ -552,12 +567,32 @@ class Dispatcher:
                 await self.flush()
 
     async def _extend_leases_periodically(self) -> None:
-        interval = max(self.settings.lease_seconds / 3, 0.05)
         while True:
-            await asyncio.sleep(interval)
-            leases = list(self._held.values())
-            if leases:
-                await self.store.extend(leases, self.settings.lease_seconds, self.clock())
+            await asyncio.sleep(self.heartbeat_interval)
+            await self.heartbeat()
+
+    async def register(self, command: str) -> None:
+        """Join the worker registry (once per process); see :mod:`worker.coordination`."""
+        if self.coordinator is None or self._registered:
+            return
+        await self.coordinator.register(
+            self.owner, socket.gethostname(), os.getpid(), command, self.clock()
+        )
+        self._registered = True
+
+    async def heartbeat(self) -> None:
+        """Tell the registry this worker lives, and extend the leases it holds."""
+        if self.coordinator is not None and self._registered:
+            await self.coordinator.heartbeat(self.owner, self.clock())
+        leases = list(self._held.values())
+        if leases:
+            await self.store.extend(leases, self.settings.lease_seconds, self.clock())
+
+    async def close(self) -> None:
+        """Leave the worker registry."""
+        if self.coordinator is not None and self._registered:
+            await self.coordinator.deregister(self.owner)
+            self._registered = False
 
 
 def _ambiguous(change: Change, row: ClaimedRow) -> bool:

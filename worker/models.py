@@ -113,3 +113,27 @@ sync_runs = sa.Table(
     sa.Column("requests", sa.Integer, nullable=False, server_default="0"),
     sa.Column("duration_s", sa.Float, nullable=True),
 )
+
+sync_workers = sa.Table(
+    "sync_workers",
+    metadata,
+    sa.Column("name", sa.Text, primary_key=True),
+    sa.Column("host", sa.Text, nullable=False),
+    sa.Column("pid", sa.Integer, nullable=False),
+    sa.Column("command", sa.Text, nullable=False),
+    sa.Column("started_at", UTCDateTime, nullable=False),
+    sa.Column("heartbeat_at", UTCDateTime, nullable=False),
+    sa.Index("ix_sync_workers_heartbeat_at", "heartbeat_at"),
+)
+
+sync_rate_limits = sa.Table(
+    "sync_rate_limits",
+    metadata,
+    sa.Column("token_key", sa.Text, primary_key=True),
+    sa.Column("budget", sa.Float, nullable=False),
+    sa.Column("rate", sa.Float, nullable=False),
+    sa.Column("next_slot", sa.Float, nullable=False, server_default="0"),
+    sa.Column("paused_until", sa.Float, nullable=False, server_default="0"),
+    sa.Column("changed_at", sa.Float, nullable=False, server_default="0"),
+    sa.Column("throttled", sa.BigInteger, nullable=False, server_default="0"),
+)

@@ -13,8 +13,10 @@ from __future__ import annotations
 import asyncio
 import math
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 from asyncio_throttle import Throttler
 
@@ -100,3 +102,81 @@ class RateLimiter:
         pause = retry_after if retry_after is not None else DEFAULT_PAUSE
         self._paused_until = max(self._paused_until, now + pause)
         self._next = max(self._next, self._paused_until)
+
+
+class SlotSource(Protocol):
+    """Where a shared limiter gets its send slots (the database, in production)."""
+
+    async def __call__(self, count: int, throttled: float | None) -> SlotBlock: ...
+
+
+@dataclass(frozen=True, slots=True)
+class SlotBlock:
+    """``count`` slots from ``first``, every ``spacing`` s, in the source's clock at ``now``."""
+
+    now: float
+    first: float
+    spacing: float
+    count: int
+
+
+class SharedRateLimiter:
+    """A limiter fed from a budget shared with other workers.
+
+    Slots come in blocks worth ``block_seconds`` of the budget, each mapped from the source's
+    clock to ours at the moment it arrives, so hosts need not agree on the time. A 429 drops the
+    slots in hand and is reported with the next reservation, which halves the shared rate. The
+    local one-second ``Throttler`` stays as a last guard.
+    """
+
+    def __init__(
+        self,
+        budget: float,
+        source: SlotSource,
+        *,
+        headroom: float = HEADROOM,
+        block_seconds: float = 0.1,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.budget = budget * headroom
+        self._source = source
+        self._block_seconds = block_seconds
+        self._clock = clock
+        self._slots: deque[float] = deque()
+        self._rate = self.budget
+        self._pending_throttle: float | None = None
+        self._lock = asyncio.Lock()
+        self._throttler = Throttler(
+            rate_limit=max(1, math.floor(self.budget)), period=1.0, retry_interval=0.002
+        )
+        self.throttled = 0
+
+    @property
+    def rate(self) -> float:
+        return self._rate
+
+    async def acquire(self) -> float:
+        started = self._clock()
+        async with self._lock:
+            if not self._slots:
+                await self._refill()
+            wait = self._slots.popleft() - self._clock()
+            if wait > 0:
+                await asyncio.sleep(wait)
+            await self._throttler.acquire()
+        return self._clock() - started
+
+    async def _refill(self) -> None:
+        count = max(1, round(self._rate * self._block_seconds))
+        throttled, self._pending_throttle = self._pending_throttle, None
+        block = await self._source(count, throttled)
+        here = self._clock()
+        self._rate = 1.0 / block.spacing
+        self._slots.extend(
+            here + (block.first + i * block.spacing - block.now) for i in range(block.count)
+        )
+
+    def on_throttled(self, retry_after: float | None) -> None:
+        self.throttled += 1
+        self._slots.clear()
+        self._pending_throttle = max(self._pending_throttle or 0.0, retry_after or 0.0)

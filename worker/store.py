@@ -28,7 +28,7 @@ from .changes import (
     State,
 )
 from .db import translate_errors
-from .models import sync_attempts, sync_changes, sync_runs
+from .models import sync_attempts, sync_changes, sync_runs, sync_workers
 
 c = sync_changes.c
 CLAIM_LOCK_KEY = 0x6B616E74  # serialises claims on PostgreSQL: workspaces never in two hands
@@ -110,10 +110,19 @@ class Store:
                 found.update((await conn.execute(query)).scalars().all())
         return found
 
-    async def reclaim_expired(self, conn: AsyncConnection, now: datetime) -> int:
+    async def reclaim_expired(
+        self, conn: AsyncConnection, now: datetime, dead_after: float | None = None
+    ) -> int:
+        """Return to pending what expired leases hold, and what dead workers hold."""
+        taken_over = c.lease_expires_at < now
+        if dead_after is not None:
+            dead = sa.select(sync_workers.c.name).where(
+                sync_workers.c.heartbeat_at < now - timedelta(seconds=dead_after)
+            )
+            taken_over = sa.or_(taken_over, c.lease_owner.in_(dead))
         result = await conn.execute(
             sa.update(sync_changes)
-            .where(c.state == State.IN_FLIGHT, c.lease_expires_at < now)
+            .where(c.state == State.IN_FLIGHT, taken_over)
             .values(
                 state=State.PENDING,
                 lease_owner=None,
@@ -125,7 +134,12 @@ class Store:
         return result.rowcount
 
     async def claim(
-        self, owner: str, limit: int, lease_seconds: float, now: datetime
+        self,
+        owner: str,
+        limit: int,
+        lease_seconds: float,
+        now: datetime,
+        dead_after: float | None = None,
     ) -> list[ClaimedRow]:
         """Lease up to ``limit`` due changes, oldest first, whole workspace prefixes only."""
         held = sync_changes.alias("held")
@@ -153,7 +167,7 @@ class Store:
         async with translate_errors("claiming changes"), self.engine.begin() as conn:
             if self.dialect == "postgresql":
                 await conn.execute(sa.select(sa.func.pg_advisory_xact_lock(CLAIM_LOCK_KEY)))
-            await self.reclaim_expired(conn, now)
+            await self.reclaim_expired(conn, now, dead_after)
             ids = (await conn.execute(candidates)).scalars().all()
             if not ids:
                 return []

@@ -1,0 +1,209 @@
+"""What workers share through the database: who is alive, one rate budget, and wake-ups.
+
+There is no coordinator of our own. Each worker registers in ``sync_workers`` and heartbeats.
+A claim takes over the leases of workers whose heartbeat has gone stale, so a dead worker's
+changes return promptly instead of waiting out their lease. The rate budget of one API token is
+one row of ``sync_rate_limits``, keyed by a fingerprint of the token (never the token). Workers
+reserve blocks of send slots from one global schedule, spaced ``1 / rate`` apart in the
+database's clock, so the sum over all workers stays within the budget in every window. A 429
+seen by any worker halves the shared rate and pauses the schedule for everyone. On PostgreSQL
+a trigger NOTIFYs ``kantata_sync_changes`` on every insert, so idle workers wake at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from .db import translate_errors
+from .models import sync_rate_limits, sync_workers
+from .ratelimit import (
+    HEADROOM,
+    RateState,
+    SharedRateLimiter,
+    SlotBlock,
+    after_throttled,
+    recovered,
+)
+
+NOTIFY_CHANNEL = "kantata_sync_changes"
+r = sync_rate_limits.c
+
+
+def token_key(token: str) -> str:
+    """A stable, non-reversible name for a token's budget."""
+    return "sha256:" + hashlib.sha256(token.encode("utf-8")).hexdigest()[:32]
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerInfo:
+    name: str
+    host: str
+    pid: int
+    command: str
+    started_at: datetime
+    heartbeat_at: datetime
+
+
+def reserve_slots(
+    *,
+    next_slot: float,
+    paused_until: float,
+    state: RateState,
+    budget: float,
+    now: float,
+    count: int,
+) -> tuple[SlotBlock, float, RateState]:
+    """Pure: take ``count`` slots from the schedule; return them, the new next slot and rate."""
+    state = recovered(state, budget, now)
+    start = max(next_slot, now, paused_until)
+    spacing = 1.0 / state.rate
+    return SlotBlock(now, start, spacing, count), start + count * spacing, state
+
+
+class Coordinator:
+    """The worker registry, the shared budget and notifications, on one engine."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+        self.dialect = engine.dialect.name
+
+    def slot_source(self, token: str, budget: float) -> Any:
+        """A :class:`~worker.ratelimit.SlotSource` for one token's shared budget."""
+        key = token_key(token)
+
+        async def source(count: int, throttled: float | None) -> SlotBlock:
+            return await self.reserve(key, budget, count, throttled)
+
+        return source
+
+    async def _db_now(self, conn: AsyncConnection) -> float:
+        if self.dialect == "postgresql":
+            query = sa.text("SELECT EXTRACT(EPOCH FROM clock_timestamp())")
+            return float((await conn.execute(query)).scalar_one())
+        return time.time()
+
+    async def register(self, name: str, host: str, pid: int, command: str, now: datetime) -> None:
+        values = {
+            "name": name,
+            "host": host,
+            "pid": pid,
+            "command": command,
+            "started_at": now,
+            "heartbeat_at": now,
+        }
+        async with translate_errors("registering the worker"), self.engine.begin() as conn:
+            await conn.execute(sa.delete(sync_workers).where(sync_workers.c.name == name))
+            await conn.execute(sa.insert(sync_workers).values(**values))
+
+    async def heartbeat(self, name: str, now: datetime) -> None:
+        async with translate_errors("heartbeating"), self.engine.begin() as conn:
+            await conn.execute(
+                sa.update(sync_workers).where(sync_workers.c.name == name).values(heartbeat_at=now)
+            )
+
+    async def deregister(self, name: str) -> None:
+        async with translate_errors("deregistering the worker"), self.engine.begin() as conn:
+            await conn.execute(sa.delete(sync_workers).where(sync_workers.c.name == name))
+
+    async def workers(self, now: datetime, dead_after: float) -> tuple[list[WorkerInfo], int]:
+        """Live workers (heartbeat within ``dead_after`` seconds) and the count of dead ones."""
+        query = sa.select(sync_workers).order_by(sync_workers.c.started_at)
+        async with translate_errors("listing workers"), self.engine.connect() as conn:
+            rows = [WorkerInfo(**row._mapping) for row in await conn.execute(query)]
+        cutoff = now - timedelta(seconds=dead_after)
+        live = [w for w in rows if w.heartbeat_at >= cutoff]
+        return live, len(rows) - len(live)
+
+    async def reserve(
+        self, key: str, budget: float, count: int, throttled: float | None = None
+    ) -> SlotBlock:
+        """Take ``count`` slots of the shared schedule; report a 429 first when ``throttled``.
+
+        ``throttled`` is the Retry-After of a 429 this worker saw (0 when none was given).
+        """
+        async with translate_errors("reserving rate budget"), self.engine.begin() as conn:
+            now = await self._db_now(conn)
+            await self._ensure_row(conn, key, budget, now)
+            row = (
+                await conn.execute(
+                    sa.select(sync_rate_limits).where(r.token_key == key).with_for_update()
+                )
+            ).one()
+            state = RateState(min(row.rate, budget), row.changed_at)
+            paused_until = row.paused_until
+            values: dict[str, Any] = {"budget": budget}
+            if throttled is not None:
+                state = after_throttled(state, budget, now)
+                paused_until = max(paused_until, now + (throttled or 1.0))
+                values["throttled"] = r.throttled + 1
+            reservation, next_slot, state = reserve_slots(
+                next_slot=row.next_slot,
+                paused_until=paused_until,
+                state=state,
+                budget=budget,
+                now=now,
+                count=count,
+            )
+            values.update(
+                rate=state.rate,
+                changed_at=state.changed_at,
+                next_slot=next_slot,
+                paused_until=paused_until,
+            )
+            await conn.execute(
+                sa.update(sync_rate_limits).where(r.token_key == key).values(**values)
+            )
+            return reservation
+
+    async def _ensure_row(self, conn: AsyncConnection, key: str, budget: float, now: float) -> None:
+        values = {"token_key": key, "budget": budget, "rate": budget, "changed_at": now}
+        insert: Any = (
+            postgresql.insert(sync_rate_limits)
+            if self.dialect == "postgresql"
+            else sqlite.insert(sync_rate_limits)
+        )
+        await conn.execute(insert.values(**values).on_conflict_do_nothing())
+
+    async def budget_state(self, key: str) -> dict[str, float] | None:
+        query = sa.select(r.budget, r.rate, r.throttled).where(r.token_key == key)
+        async with translate_errors("reading the rate budget"), self.engine.connect() as conn:
+            row = (await conn.execute(query)).first()
+        return dict(row._mapping) if row else None
+
+    @contextlib.asynccontextmanager
+    async def notifications(self) -> AsyncIterator[asyncio.Event | None]:
+        """An event set whenever changes are inserted (PostgreSQL); None where unsupported."""
+        if self.dialect != "postgresql":
+            yield None
+            return
+        event = asyncio.Event()
+
+        def _on_notify(*_args: object) -> None:
+            event.set()
+
+        async with translate_errors("listening for new changes"), self.engine.connect() as conn:
+            raw = await conn.get_raw_connection()
+            driver: Any = raw.driver_connection
+            await driver.add_listener(NOTIFY_CHANNEL, _on_notify)
+            try:
+                yield event
+            finally:
+                with contextlib.suppress(Exception):
+                    await driver.remove_listener(NOTIFY_CHANNEL, _on_notify)
+
+
+def shared_limiter(coordinator: Coordinator, token: str, budget: float) -> SharedRateLimiter:
+    """The limiter every worker using ``token`` should share (``budget`` in requests/s)."""
+    limiter = SharedRateLimiter(budget, coordinator.slot_source(token, budget * HEADROOM))
+    return limiter
