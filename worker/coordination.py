@@ -17,7 +17,7 @@ import contextlib
 import hashlib
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -134,6 +134,7 @@ class Coordinator:
         """
         async with translate_errors("reserving rate budget"), self.engine.begin() as conn:
             now = await self._db_now(conn)
+            local = time.monotonic()
             await self._ensure_row(conn, key, budget, now)
             row = (
                 await conn.execute(
@@ -164,7 +165,7 @@ class Coordinator:
             await conn.execute(
                 sa.update(sync_rate_limits).where(r.token_key == key).values(**values)
             )
-            return reservation
+            return replace(reservation, local=local)
 
     async def _ensure_row(self, conn: AsyncConnection, key: str, budget: float, now: float) -> None:
         values = {"token_key": key, "budget": budget, "rate": budget, "changed_at": now}

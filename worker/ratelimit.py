@@ -24,6 +24,8 @@ HEADROOM = 0.98
 MIN_FRACTION = 0.05
 RECOVERY_PER_SECOND = 0.10
 DEFAULT_PAUSE = 1.0
+LATE_TOLERANCE = 0.005
+"""Seconds a shared slot may be late before it is given up."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,6 +120,8 @@ class SlotBlock:
     first: float
     spacing: float
     count: int
+    local: float | None = None
+    """Our monotonic clock when the source read ``now``; None means "on arrival"."""
 
 
 class SharedRateLimiter:
@@ -150,6 +154,7 @@ class SharedRateLimiter:
             rate_limit=max(1, math.floor(self.budget)), period=1.0, retry_interval=0.002
         )
         self.throttled = 0
+        self.skipped = 0
 
     @property
     def rate(self) -> float:
@@ -158,19 +163,32 @@ class SharedRateLimiter:
     async def acquire(self) -> float:
         started = self._clock()
         async with self._lock:
-            if not self._slots:
-                await self._refill()
-            wait = self._slots.popleft() - self._clock()
+            slot = await self._next_slot()
+            wait = slot - self._clock()
             if wait > 0:
                 await asyncio.sleep(wait)
             await self._throttler.acquire()
         return self._clock() - started
 
+    async def _next_slot(self) -> float:
+        """The next slot not already past: a late slot is skipped, never sent late.
+
+        Sending late would push this worker's requests into the time other workers were
+        given, and the server's one-second window would see more than the budget.
+        """
+        while True:
+            if not self._slots:
+                await self._refill()
+            slot = self._slots.popleft()
+            if slot >= self._clock() - LATE_TOLERANCE:
+                return slot
+            self.skipped += 1
+
     async def _refill(self) -> None:
         count = max(1, round(self._rate * self._block_seconds))
         throttled, self._pending_throttle = self._pending_throttle, None
         block = await self._source(count, throttled)
-        here = self._clock()
+        here = block.local if block.local is not None else self._clock()
         self._rate = 1.0 / block.spacing
         self._slots.extend(
             here + (block.first + i * block.spacing - block.now) for i in range(block.count)

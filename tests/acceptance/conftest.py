@@ -110,3 +110,24 @@ def wait_for(predicate: object, timeout: float = 10.0) -> None:
             return
         time.sleep(0.05)
     raise AssertionError("condition not met in time")
+
+
+@pytest.fixture
+def pg_url() -> Iterator[str]:
+    """A fresh PostgreSQL database for one test (skips, or fails under REQUIRE_POSTGRES)."""
+    import asyncio
+
+    from tests.conftest import fresh_pg_database
+
+    manager = fresh_pg_database()
+    loop = asyncio.new_event_loop()
+    try:
+        url = loop.run_until_complete(manager.__aenter__())
+    except BaseException:
+        loop.close()
+        raise
+    try:
+        yield url.replace("postgresql+asyncpg://", "postgresql://", 1)
+    finally:
+        loop.run_until_complete(manager.__aexit__(None, None, None))
+        loop.close()
