@@ -89,9 +89,16 @@ def test_four_workers_share_one_queue_and_one_budget(cli: Cli, pg_url: str) -> N
         assert cli("db", "upgrade", env=env).returncode == 0
         assert cli("enqueue", "-f", "changes.jsonl", env=env).returncode == 0
         workers = [cli.popen("run", "--no-progress", env=env) for _ in range(4)]
+
+        def all_four_listed() -> bool:
+            shown = json.loads(cli("status", "--format", "json", env=env).stdout)
+            return len(shown["workers"]) == 4
+
+        wait_for(all_four_listed, timeout=60)
         for process in workers:
             _out, err = process.communicate(timeout=300)
             assert process.returncode == 0, err[-2000:]
+        assert json.loads(cli("status", "--format", "json", env=env).stdout)["workers"] == []
 
         total = WORKSPACES * PER_WORKSPACE
         states = query(pg_url, "SELECT state, count(*) AS n FROM sync_changes GROUP BY state")
