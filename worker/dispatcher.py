@@ -53,8 +53,8 @@ from .planner import PutStep, StatusStep, Step, WorkspacePlan, plan
 from .ratelimit import RateLimiter, SharedRateLimiter
 from .store import Store
 from .validation import validate_row
+from .writeback import WriteBuffer
 
-FLUSH_INTERVAL = 0.1
 HEARTBEAT_SECONDS = 5.0
 DEAD_AFTER_BEATS = 6
 FLUSH_SIZE = 500
@@ -109,10 +109,7 @@ class Dispatcher:
         self.clock = clock
         self.log = get_logger()
         self.on_progress: Callable[[int], None] | None = None
-        self._results: list[Result] = []
-        self._attempts: list[AttemptRecord] = []
-        self._releases: list[Lease] = []
-        self._flush_lock = asyncio.Lock()
+        self._buffer = WriteBuffer(store, clock)
         self._held: dict[int, Lease] = {}
         self._stats = RunStats()
         self._run_id = ""
@@ -160,7 +157,7 @@ class Dispatcher:
             asyncio.create_task(self._work(queue, halt)) for _ in range(self.settings.concurrency)
         ]
         flushing_done = asyncio.Event()
-        flusher = asyncio.create_task(self._flush_periodically(flushing_done))
+        flusher = asyncio.create_task(self._buffer.flush_periodically(flushing_done, self._lost))
         heartbeat = asyncio.create_task(self._extend_leases_periodically())
         low_water = max(self.settings.concurrency * 2, 1)
         ended_because = "drained"
@@ -391,7 +388,7 @@ class Dispatcher:
             self.limiter.on_throttled(answer.retry_after)
         self.metrics.requests.labels(endpoint, str(status) if status else "none").inc()
         self.metrics.request_duration.labels(endpoint).observe(duration_ms / 1000)
-        self._attempts.append(
+        self._buffer.attempts.append(
             AttemptRecord(
                 self._run_id,
                 step.change_ids,
@@ -455,7 +452,7 @@ class Dispatcher:
                 self._stats.retried += 1
                 self.metrics.retries.inc()
                 self._release_lease(change.id)
-                self._results.append(
+                self._buffer.results.append(
                     Result(
                         change.id,
                         change.lease_token,
@@ -493,7 +490,7 @@ class Dispatcher:
             if change.id not in self._held:
                 continue
             self._release_lease(change.id)
-            self._results.append(
+            self._buffer.results.append(
                 Result(
                     change.id,
                     change.lease_token,
@@ -506,7 +503,7 @@ class Dispatcher:
 
     def _finish(self, result: Result, *, kind: str) -> None:
         self._release_lease(result.change_id)
-        self._results.append(result)
+        self._buffer.results.append(result)
         state = result.state
         if state is State.SUCCEEDED:
             self._stats.succeeded += 1
@@ -529,7 +526,7 @@ class Dispatcher:
             for change in step.changes:
                 lease = self._held.pop(change.id, None)
                 if lease is not None:
-                    self._releases.append(lease)
+                    self._buffer.releases.append(lease)
 
     def _release_plan(self, workspace_plan: WorkspacePlan) -> None:
         self._release_steps(workspace_plan.steps)
@@ -542,29 +539,13 @@ class Dispatcher:
             self.log.info("changes.released", count=released)
 
     async def flush(self) -> None:
-        """Write buffered results and attempt records; one flush at a time, in order."""
-        async with self._flush_lock:
-            await self._flush()
+        """Write buffered results, releases and attempt records now."""
+        self._lost(await self._buffer.flush())
 
-    async def _flush(self) -> None:
-        results, self._results = self._results, []
-        attempts, self._attempts = self._attempts, []
-        releases, self._releases = self._releases, []
-        if results:
-            lost = await self.store.write_back(results, self.clock())
-            if lost:
-                self._stats.lost_leases += len(lost)
-                self.log.warning("lease.lost", change_ids=lost)
-        if releases:
-            await self.store.release(releases, self.clock())
-        if attempts:
-            await self.store.log_attempts(attempts)
-
-    async def _flush_periodically(self, done: asyncio.Event) -> None:
-        while not done.is_set():
-            await _wait_any(done, seconds=FLUSH_INTERVAL)
-            if self._results or self._attempts or self._releases:
-                await self.flush()
+    def _lost(self, change_ids: list[int]) -> None:
+        if change_ids:
+            self._stats.lost_leases += len(change_ids)
+            self.log.warning("lease.lost", change_ids=change_ids)
 
     async def _extend_leases_periodically(self) -> None:
         while True:
