@@ -16,7 +16,7 @@ import random
 import socket
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -25,32 +25,25 @@ from structlog.contextvars import bound_contextvars
 
 from .breaker import CircuitBreaker
 from .changes import (
-    AttemptRecord,
     Change,
     ClaimedRow,
     Kind,
     Lease,
-    Outcome,
     Result,
     RunStats,
     State,
 )
 from .client import (
-    GET_WORKSPACE,
-    POST_STATUS_CHANGE,
-    PUT_WORKSPACE,
     KantataClient,
-    status_key_of,
-    workspace_snapshot,
 )
 from .config import Settings
 from .coordination import Coordinator
-from .exceptions import InputError, TokenRejected, TransportError
+from .exceptions import InputError, TokenRejected
 from .logging import get_logger
 from .metrics import Metrics
-from .outcomes import ApiResponse, Classified, Verdict, backoff_delay, classify
-from .planner import PutStep, StatusStep, Step, WorkspacePlan, plan
+from .planner import Step, WorkspacePlan, plan
 from .ratelimit import RateLimiter, SharedRateLimiter
+from .steps import StepRunner
 from .store import Store
 from .validation import validate_row
 from .writeback import WriteBuffer
@@ -110,6 +103,20 @@ class Dispatcher:
         self.log = get_logger()
         self.on_progress: Callable[[int], None] | None = None
         self._buffer = WriteBuffer(store, clock)
+        self.steps = StepRunner(
+            client=client,
+            settings=settings,
+            limiter=self.limiter,
+            breaker=self.breaker,
+            metrics=self.metrics,
+            buffer=self._buffer,
+            rng=self.rng,
+            clock=clock,
+            log=self.log,
+            finish=lambda result, kind: self._finish(result, kind=kind),
+            forget=self._release_lease,
+            holds=lambda change_id: change_id in self._held,
+        )
         self._held: dict[int, Lease] = {}
         self._stats = RunStats()
         self._run_id = ""
@@ -120,6 +127,7 @@ class Dispatcher:
         stop = stop or asyncio.Event()
         self._run_id = uuid.uuid4().hex
         self._stats = RunStats()
+        self.steps.run_id, self.steps.stats = self._run_id, self._stats
         self._token_rejected = None
         started = time.monotonic()
         await self.register(command)
@@ -277,229 +285,18 @@ class Dispatcher:
                 return
             with bound_contextvars(change_id=step.change_ids[-1]):
                 try:
-                    keep_going = await self._run_step(step)
+                    keep_going = await self.steps.run(step)
                 except TokenRejected as exc:
                     self._token_rejected = exc
                     halt.set()
                     self._release_steps(workspace_plan.steps[index:])
                     return
                 except asyncio.CancelledError:
-                    self._interrupted(step)
+                    self.steps.interrupted(step)
                     raise
             if not keep_going:
                 self._release_steps(workspace_plan.steps[index + 1 :])
                 return
-
-    async def _run_step(self, step: Step) -> bool:
-        """Send one step and record its results; False when the workspace must wait."""
-        if isinstance(step, StatusStep) and step.change.ambiguous:
-            confirmed = await self._read_back(step, before_send=True)
-            if confirmed is not None:
-                return confirmed
-        if isinstance(step, PutStep):
-            answer = await self._send(
-                step,
-                PUT_WORKSPACE,
-                lambda: self.client.update_workspace(step.workspace_id, step.fields),
-            )
-        else:
-            answer = await self._send(
-                step,
-                POST_STATUS_CHANGE,
-                lambda: self.client.change_status(step.workspace_id, step.to_status_key),
-            )
-        verdict = classify(answer, status_change=isinstance(step, StatusStep))
-        if verdict.verdict is Verdict.SUCCESS and isinstance(answer, ApiResponse):
-            self._succeeded(step, Outcome.APPLIED, answer)
-            return True
-        if verdict.verdict is Verdict.READ_BACK and isinstance(step, StatusStep):
-            confirmed = await self._read_back(step, before_send=False, after=verdict)
-            return True if confirmed is None else confirmed
-        return self._settle_failure(step, verdict)
-
-    async def _read_back(
-        self, step: StatusStep, *, before_send: bool, after: Classified | None = None
-    ) -> bool | None:
-        """GET the workspace to see whether the status is already in place.
-
-        Before a resend, None means "not in place: send it". After a same-status answer, the
-        change either succeeded as already applied or failed with Kantata's message.
-        """
-        answer = await self._send(
-            step, GET_WORKSPACE, lambda: self.client.get_workspace(step.workspace_id)
-        )
-        verdict = classify(answer, status_change=False)
-        if verdict.verdict is not Verdict.SUCCESS or not isinstance(answer, ApiResponse):
-            return self._settle_failure(step, verdict)
-        current = status_key_of(answer.body, step.workspace_id)
-        if current == step.to_status_key:
-            self._succeeded(step, Outcome.ALREADY_APPLIED, answer)
-            return True
-        if before_send:
-            return None
-        assert after is not None
-        self._finish(
-            Result(
-                step.change.id,
-                step.change.lease_token,
-                State.FAILED,
-                attempts=step.change.attempts + 1,
-                http_status=after.http_status,
-                error_type=after.error_type,
-                error_message=f"{after.error_message} (read-back shows status {current})",
-                error_field=after.error_field,
-            ),
-            kind=Kind.STATUS_CHANGE,
-        )
-        return True
-
-    async def _send(
-        self, step: Step, endpoint: str, request: Callable[[], Awaitable[ApiResponse]]
-    ) -> ApiResponse | TransportError:
-        paused = await self.breaker.wait()
-        if paused:
-            self.log.info(
-                "breaker.waited", seconds=round(paused, 3), phase=self.breaker.state.phase
-            )
-        waited = await self.limiter.acquire()
-        self.metrics.limiter_wait.observe(waited)
-        started = time.perf_counter()
-        attempted_at = self.clock()
-        try:
-            answer: ApiResponse | TransportError = await request()
-        except TransportError as exc:
-            answer = exc
-        duration_ms = (time.perf_counter() - started) * 1000
-        self._stats.requests += 1
-        status = answer.status if isinstance(answer, ApiResponse) else None
-        error = None if isinstance(answer, ApiResponse) else str(answer)
-        error_type = answer.kind if isinstance(answer, TransportError) else None
-        request_id = answer.request_id if isinstance(answer, ApiResponse) else None
-        if isinstance(answer, ApiResponse) and answer.status >= 400:
-            verdict = classify(answer, status_change=endpoint == POST_STATUS_CHANGE)
-            error, error_type = verdict.error_message, verdict.error_type
-        self.breaker.record(
-            unhealthy=isinstance(answer, TransportError) or (status is not None and status >= 500)
-        )
-        if status == 429:
-            self._stats.rate_limited += 1
-            self.metrics.throttled.inc()
-            assert isinstance(answer, ApiResponse)
-            self.limiter.on_throttled(answer.retry_after)
-        self.metrics.requests.labels(endpoint, str(status) if status else "none").inc()
-        self.metrics.request_duration.labels(endpoint).observe(duration_ms / 1000)
-        self._buffer.attempts.append(
-            AttemptRecord(
-                self._run_id,
-                step.change_ids,
-                step.workspace_id,
-                endpoint,
-                status,
-                duration_ms,
-                error_type,
-                error,
-                request_id,
-                attempted_at,
-            )
-        )
-        self.log.info(
-            "http.attempt",
-            endpoint=endpoint,
-            change_ids=list(step.change_ids),
-            status=status,
-            duration_ms=round(duration_ms, 2),
-            request_id=request_id,
-            error_type=error_type,
-            error=error,
-            limiter_wait_ms=round(waited * 1000, 2),
-        )
-        return answer
-
-    def _succeeded(self, step: Step, outcome: Outcome, answer: ApiResponse) -> None:
-        snapshot = workspace_snapshot(answer.body, step.workspace_id)
-        carrier = step.changes[-1].id
-        for change in step.changes:
-            merged = change.id != carrier
-            self._finish(
-                Result(
-                    change.id,
-                    change.lease_token,
-                    State.SUCCEEDED,
-                    outcome=Outcome.MERGED if merged else outcome,
-                    attempts=change.attempts + 1,
-                    http_status=answer.status,
-                    result=snapshot,
-                    merged_into_id=carrier if merged else None,
-                ),
-                kind=change.kind,
-            )
-
-    def _settle_failure(self, step: Step, verdict: Classified) -> bool:
-        """Record a failed attempt: retry later, fail for good, or stop the run (401)."""
-        if verdict.verdict is Verdict.TOKEN_REJECTED:
-            raise TokenRejected(verdict.error_message or "token rejected")
-        retryable = verdict.verdict is Verdict.RETRY
-        for change in step.changes:
-            attempts = change.attempts + 1
-            if retryable and attempts < self.settings.max_attempts:
-                delay = backoff_delay(
-                    attempts,
-                    base=self.settings.retry_base_delay,
-                    cap=self.settings.retry_max_delay,
-                    jitter=self.rng.random(),
-                    retry_after=verdict.retry_after,
-                )
-                self._stats.retried += 1
-                self.metrics.retries.inc()
-                self._release_lease(change.id)
-                self._buffer.results.append(
-                    Result(
-                        change.id,
-                        change.lease_token,
-                        State.PENDING,
-                        attempts=attempts,
-                        http_status=verdict.http_status,
-                        error_type=verdict.error_type,
-                        error_message=verdict.error_message,
-                        error_field=verdict.error_field,
-                        next_attempt_at=self.clock() + timedelta(seconds=delay),
-                    )
-                )
-                continue
-            message = verdict.error_message
-            if retryable:
-                message = f"gave up after {attempts} attempts: {message}"
-            self._finish(
-                Result(
-                    change.id,
-                    change.lease_token,
-                    State.FAILED,
-                    attempts=attempts,
-                    http_status=verdict.http_status,
-                    error_type=verdict.error_type,
-                    error_message=message,
-                    error_field=verdict.error_field,
-                ),
-                kind=change.kind,
-            )
-        return not retryable
-
-    def _interrupted(self, step: Step) -> None:
-        """A request cut off by shutdown may have landed: retry it later, read back first."""
-        for change in step.changes:
-            if change.id not in self._held:
-                continue
-            self._release_lease(change.id)
-            self._buffer.results.append(
-                Result(
-                    change.id,
-                    change.lease_token,
-                    State.PENDING,
-                    attempts=change.attempts + 1,
-                    error_type="interrupted",
-                    error_message="request interrupted by shutdown",
-                )
-            )
 
     def _finish(self, result: Result, *, kind: str) -> None:
         self._release_lease(result.change_id)
