@@ -273,3 +273,24 @@ async def test_stop_drains_in_flight_work_and_leaves_nothing_claimed(
     assert 0 < counts[State.SUCCEEDED] < 149
     assert counts[State.SUCCEEDED] + counts[State.PENDING] == 149
     assert counts[State.SUCCEEDED] == sandbox.state.stats.count(Route.PUT_WORKSPACE, 200)
+
+
+async def test_a_token_revoked_mid_run_stops_it_without_failing_or_charging(
+    sqlite_store: Store, sandbox_factory: SandboxFactory
+) -> None:
+    async with sandbox_factory(faults=FaultConfig(latency_ms=10)) as sandbox:
+        ids = await sqlite_store.enqueue([update(w, title="x") for w in range(1, 121)])
+        async with dispatcher_for(sqlite_store, sandbox, concurrency=4) as dispatcher:
+            task = asyncio.create_task(dispatcher.run())
+            while sandbox.state.stats.count(Route.PUT_WORKSPACE, 200) < 10:
+                await asyncio.sleep(0.01)
+            sandbox.state.revoke(TOKEN)
+            report = await task
+        applied = sandbox.state.stats.count(Route.PUT_WORKSPACE, 200)
+    assert report.ended_because == "token_rejected"
+    rows = await all_rows(sqlite_store)
+    states = [rows[i]["state"] for i in ids]
+    assert "failed" not in states and "in_flight" not in states
+    assert states.count("succeeded") == applied
+    assert {rows[i]["attempts"] for i in ids if rows[i]["state"] == "pending"} == {0}
+    assert states.count("pending") == len(ids) - applied > 0
