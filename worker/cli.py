@@ -26,6 +26,7 @@ from .changes import NewChange, State
 from .client import KantataClient
 from .config import Settings, load_settings
 from .coordination import Coordinator, shared_limiter
+from .daemon import serve
 from .dispatcher import Dispatcher
 from .exceptions import ConfigError, DatabaseError, InputError, SyncError
 from .metrics import Metrics
@@ -117,6 +118,7 @@ def main(ctx: click.Context, /, config_file: Path | None) -> None:
 
 
 main.add_command(sandbox)
+main.add_command(serve)
 
 
 @main.group()

@@ -38,7 +38,7 @@ from .client import (
 )
 from .config import Settings
 from .coordination import Coordinator
-from .exceptions import InputError, TokenRejected
+from .exceptions import InputError, StepAbandoned, TokenRejected
 from .logging import get_logger
 from .metrics import Metrics
 from .planner import Step, WorkspacePlan, plan
@@ -49,6 +49,7 @@ from .validation import validate_row
 from .writeback import WriteBuffer
 
 HEARTBEAT_SECONDS = 5.0
+MIN_IDLE_WAIT = 0.1
 DEAD_AFTER_BEATS = 6
 FLUSH_SIZE = 500
 
@@ -116,7 +117,9 @@ class Dispatcher:
             finish=lambda result, kind: self._finish(result, kind=kind),
             forget=self._release_lease,
             holds=lambda change_id: change_id in self._held,
+            halted=lambda: self._halt.is_set(),
         )
+        self._halt = asyncio.Event()
         self._held: dict[int, Lease] = {}
         self._stats = RunStats()
         self._run_id = ""
@@ -160,7 +163,7 @@ class Dispatcher:
 
     async def _loop(self, stop: asyncio.Event) -> str:
         queue: asyncio.Queue[WorkspacePlan | None] = asyncio.Queue()
-        halt = asyncio.Event()
+        halt = self._halt = asyncio.Event()
         workers = [
             asyncio.create_task(self._work(queue, halt)) for _ in range(self.settings.concurrency)
         ]
@@ -186,8 +189,8 @@ class Dispatcher:
                 wait = await self._seconds_until_due()
                 if wait is None:
                     break
-                if wait > 0:
-                    await _wait_any(stop, halt, seconds=min(wait, 1.0))
+                # An empty claim never spins: wait a little even when something looks due.
+                await _wait_any(stop, halt, seconds=min(max(wait, MIN_IDLE_WAIT), 1.0))
             if self._token_rejected is not None:
                 ended_because = "token_rejected"
             elif stop.is_set():
@@ -211,7 +214,7 @@ class Dispatcher:
 
     async def _seconds_until_due(self) -> float | None:
         now = self.clock()
-        due = await self.store.next_due(now + timedelta(seconds=self.settings.retry_max_delay))
+        due = await self.store.next_due(now, now + timedelta(seconds=self.settings.retry_max_delay))
         if due is None:
             return None
         return max(0.0, (due - now).total_seconds())
@@ -289,6 +292,9 @@ class Dispatcher:
                 except TokenRejected as exc:
                     self._token_rejected = exc
                     halt.set()
+                    self._release_steps(workspace_plan.steps[index:])
+                    return
+                except StepAbandoned:
                     self._release_steps(workspace_plan.steps[index:])
                     return
                 except asyncio.CancelledError:

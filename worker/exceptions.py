@@ -7,6 +7,7 @@
     ├── DatabaseError          the database cannot be reached or used
     │   └── NotMigratedError   the schema is missing or older than this version
     ├── InputError             a change a producer wrote cannot be sent (becomes ``invalid``)
+    ├── StepAbandoned          the run halted while a step waited to send; it is released
     └── ApiError               talking to Kantata OX failed
         ├── TransportError     no HTTP response: timeout, refused or dropped connection
         ├── ProtocolError      a response that is not the documented envelope
@@ -42,6 +43,10 @@ class InputError(SyncError):
         super().__init__(f"{column}: {message}")
         self.column = column
         self.message = message
+
+
+class StepAbandoned(SyncError):
+    """The run halted (SIGTERM, 401) while a step waited for its turn; nothing was sent."""
 
 
 class ApiError(SyncError):

@@ -24,7 +24,7 @@ from .client import (
     workspace_snapshot,
 )
 from .config import Settings
-from .exceptions import TokenRejected, TransportError
+from .exceptions import StepAbandoned, TokenRejected, TransportError
 from .metrics import Metrics
 from .outcomes import ApiResponse, Classified, Verdict, backoff_delay, classify
 from .planner import PutStep, StatusStep, Step
@@ -50,6 +50,7 @@ class StepRunner:
         finish: Callable[[Result, str], None],
         forget: Callable[[int], None],
         holds: Callable[[int], bool],
+        halted: Callable[[], bool],
     ) -> None:
         self.client = client
         self.settings = settings
@@ -63,6 +64,7 @@ class StepRunner:
         self._finish = finish
         self.forget = forget
         self.holds = holds
+        self.halted = halted
         self.stats = RunStats()
         self.run_id = ""
 
@@ -141,6 +143,9 @@ class StepRunner:
                 "breaker.waited", seconds=round(paused, 3), phase=self.breaker.state.phase
             )
         waited = await self.limiter.acquire()
+        if self.halted():
+            # Waiting for the breaker or the limiter can outlast a 401 or a SIGTERM.
+            raise StepAbandoned(f"{endpoint} not sent: the run is stopping")
         self.metrics.limiter_wait.observe(waited)
         started = time.perf_counter()
         attempted_at = self.clock()

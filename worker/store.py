@@ -142,22 +142,12 @@ class Store:
         dead_after: float | None = None,
     ) -> list[ClaimedRow]:
         """Lease up to ``limit`` due changes, oldest first, whole workspace prefixes only."""
-        held = sync_changes.alias("held")
-        waiting = sync_changes.alias("waiting")
         candidates = (
             sa.select(c.id)
             .where(
                 c.state == State.PENDING,
                 sa.or_(c.next_attempt_at.is_(None), c.next_attempt_at <= now),
-                ~sa.exists().where(
-                    held.c.workspace_id == c.workspace_id, held.c.state == State.IN_FLIGHT
-                ),
-                ~sa.exists().where(
-                    waiting.c.workspace_id == c.workspace_id,
-                    waiting.c.state == State.PENDING,
-                    waiting.c.id < c.id,
-                    waiting.c.next_attempt_at > now,
-                ),
+                *_next_in_line(now),
             )
             .order_by(c.id)
             .limit(limit)
@@ -349,7 +339,7 @@ class Store:
             value = (await conn.execute(query)).scalar()
         return _as_datetime(value)
 
-    async def next_due(self, horizon: datetime) -> datetime | None:
+    async def next_due(self, now: datetime, horizon: datetime) -> datetime | None:
         """The earliest moment a change becomes claimable, if one does before ``horizon``.
 
         That is a pending change's retry time, or the lease expiry of an in-flight change
@@ -359,6 +349,7 @@ class Store:
         pending = sa.select(sa.func.min(due)).where(
             c.state == State.PENDING,
             sa.or_(c.next_attempt_at.is_(None), c.next_attempt_at <= horizon),
+            *_next_in_line(now),
         )
         expiring = sa.select(sa.func.min(c.lease_expires_at)).where(
             c.state == State.IN_FLIGHT, c.lease_expires_at <= horizon
@@ -451,6 +442,22 @@ class Store:
                 sa.update(sync_changes).where(*where).values(**values).returning(c.id)
             )
             return sorted(result.scalars().all())
+
+
+def _next_in_line(now: datetime) -> list[sa.ColumnElement[bool]]:
+    """A pending change may go only when nothing of its workspace is in flight and no earlier
+    change of its workspace is waiting for a retry."""
+    held = sync_changes.alias("held")
+    waiting = sync_changes.alias("waiting")
+    return [
+        ~sa.exists().where(held.c.workspace_id == c.workspace_id, held.c.state == State.IN_FLIGHT),
+        ~sa.exists().where(
+            waiting.c.workspace_id == c.workspace_id,
+            waiting.c.state == State.PENDING,
+            waiting.c.id < c.id,
+            waiting.c.next_attempt_at > now,
+        ),
+    ]
 
 
 def _as_datetime(value: object) -> datetime | None:

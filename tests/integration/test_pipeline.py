@@ -294,3 +294,17 @@ async def test_a_token_revoked_mid_run_stops_it_without_failing_or_charging(
     assert states.count("succeeded") == applied
     assert {rows[i]["attempts"] for i in ids if rows[i]["state"] == "pending"} == {0}
     assert states.count("pending") == len(ids) - applied > 0
+
+
+async def test_requests_waiting_for_the_limiter_are_not_sent_after_a_401(
+    sqlite_store: Store, sandbox: SandboxHandle
+) -> None:
+    ids = await sqlite_store.enqueue([update(w, title="x") for w in range(1, 41)])
+    sandbox.state.revoke(TOKEN)
+    async with dispatcher_for(sqlite_store, sandbox, rate_limit=20, concurrency=8) as dispatcher:
+        report = await dispatcher.run()
+    assert report.ended_because == "token_rejected"
+    # Seven workers were queued behind the limiter; none of them may send after the 401.
+    assert sandbox.state.stats.count(status=401) <= 2
+    rows = await all_rows(sqlite_store)
+    assert {(rows[i]["state"], rows[i]["attempts"]) for i in ids} == {("pending", 0)}

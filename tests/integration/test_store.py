@@ -164,9 +164,9 @@ async def test_counts_outcomes_next_due_and_report(store: Store) -> None:
     counts = await store.counts()
     assert counts["succeeded"] == 1 and counts["failed"] == 1 and counts["pending"] == 1
     assert set(counts) == {str(s) for s in State}
-    due = await store.next_due(NOW + timedelta(seconds=60))
+    due = await store.next_due(NOW, NOW + timedelta(seconds=60))
     assert due == NOW + timedelta(seconds=5)
-    assert await store.next_due(NOW + timedelta(seconds=1)) is None
+    assert await store.next_due(NOW, NOW + timedelta(seconds=1)) is None
     failed = [r async for r in store.report(Filters(states=(State.FAILED,)))]
     assert [(r["id"], r["error_message"], r["error_field"]) for r in failed] == [
         (ids[1], "Title can't be blank", "title")
@@ -213,3 +213,15 @@ async def test_sqlite_rows_with_bytes_that_are_not_utf8_are_still_claimed(
     assert row.payload == b'{"\xff"'
     report = [r async for r in sqlite_store.report(Filters())]
     assert report[0]["kind"] == "workspace_update"
+
+
+async def test_next_due_skips_changes_queued_behind_another_worker(store: Store) -> None:
+    """A change whose workspace another worker holds is not due: no claim loop may spin on it."""
+    await store.enqueue([update(1, "a"), update(1, "b")])
+    [held] = await store.claim("other", limit=1, lease_seconds=60, now=NOW)
+    assert held.workspace_id == 1
+    later = NOW + timedelta(seconds=5)
+    assert await store.claim("me", limit=10, lease_seconds=60, now=later) == []
+    due = await store.next_due(later, later + timedelta(seconds=120))
+    assert due == NOW + timedelta(seconds=60)  # when the other worker's lease runs out
+    assert await store.next_due(later, later + timedelta(seconds=30)) is None

@@ -1,0 +1,478 @@
+"""The serve loop in-process: real store, real sandbox on a socket, real HTTP listener."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import socket
+import sqlite3
+import tempfile
+import threading
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from datetime import UTC, datetime
+from typing import Any
+
+import aiohttp
+import asyncpg
+import pytest
+import sqlalchemy as sa
+from prometheus_client.parser import text_string_to_metric_families
+
+from worker.changes import State
+from worker.cli import make_limiter
+from worker.coordination import Coordinator
+from worker.daemon import Daemon, ServeOptions
+from worker.models import sync_runs
+from worker.sandbox import SandboxConfig
+from worker.sandbox.config import FaultConfig
+from worker.sandbox.state import DROPPED
+from worker.sandbox.testing import SandboxHandle
+from worker.sdnotify import Notifier
+from worker.store import Store
+
+from ..conftest import PG_ADMIN_URL
+from .conftest import SandboxFactory
+from .pipeline_helpers import TOKEN, all_rows, fast_settings, insert_raw, status, update
+
+
+async def eventually(check: Callable[[], Awaitable[bool]], within: float = 30.0) -> None:
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        if await check():
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError("condition not met in time")
+
+
+@contextlib.asynccontextmanager
+async def running(daemon: Daemon) -> AsyncIterator[asyncio.Task[Any]]:
+    """Run the daemon as a task until the block ends, then stop it and wait for it."""
+    task = asyncio.create_task(daemon.run())
+    ready = asyncio.create_task(daemon.ready.wait())
+    await asyncio.wait([task, ready], timeout=30, return_when=asyncio.FIRST_COMPLETED)
+    ready.cancel()
+    if task.done():
+        task.result()  # raises what startup raised
+    assert daemon.ready.is_set()
+    try:
+        yield task
+    finally:
+        daemon.request_stop("test over")
+        await asyncio.wait_for(task, 30)
+
+
+def make_daemon(
+    store: Store,
+    sandbox: SandboxHandle,
+    *,
+    notifier: Notifier | None = None,
+    wake: asyncio.Event | None = None,
+    **options: Any,
+) -> Daemon:
+    """A daemon wired as ``serve`` wires it: registry, shared budget, one metrics object."""
+    settings = fast_settings(sandbox, **{"rate_limit": 0, **options.pop("settings", {})})
+    values: dict[str, Any] = {"poll_interval": 0.05, "http_port": 0}
+    values.update(options)
+    coordinator = Coordinator(store.engine)
+    return Daemon(
+        settings,
+        store,
+        ServeOptions(**values),
+        notifier=notifier,
+        limiter=make_limiter(settings, coordinator),
+        coordinator=coordinator,
+        wake=wake,
+    )
+
+
+async def get(url: str) -> tuple[int, str]:
+    async with aiohttp.ClientSession() as session, session.get(url) as response:
+        return response.status, await response.text()
+
+
+def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Every sample of a scrape, keyed by name and sorted labels."""
+    found = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            found[sample.name, tuple(sorted(sample.labels.items()))] = sample.value
+    return found
+
+
+def requests_by_endpoint_and_code(text: str) -> dict[tuple[str, str], int]:
+    counts = {}
+    for (name, labels), value in samples(text).items():
+        if name == "kantata_sync_http_requests_total" and value:
+            label = dict(labels)
+            counts[label["endpoint"], label["code"]] = int(value)
+    return counts
+
+
+def sandbox_requests(sandbox: SandboxHandle) -> dict[tuple[str, str], int]:
+    return {
+        (str(route), "none" if status == DROPPED else str(status)): n
+        for (route, status), n in sandbox.state.stats.requests.items()
+        if n
+    }
+
+
+def metric(text: str, name: str, **labels: str) -> float:
+    return samples(text).get((name, tuple(sorted(labels.items()))), 0.0)
+
+
+async def test_serve_syncs_and_its_metrics_equal_what_the_sandbox_saw(
+    store: Store, sandbox_factory: SandboxFactory
+) -> None:
+    faults = FaultConfig(error_rate=0.15, drop_rate=0.05, burst_429_rate=0.02, seed=5)
+    config = SandboxConfig(inspect=True, rate_limit=150, faults=faults, forbidden=frozenset({9}))
+    async with sandbox_factory(config) as sandbox:
+        changes = [
+            change
+            for w in range(1, 41)
+            for change in (update(w, title=f"t{w}"), status(w, 310), update(w, budgeted=True))
+        ]
+        ids = await store.enqueue(changes)
+        daemon = make_daemon(store, sandbox, settings={"max_attempts": 20})
+        scraped_busy: list[str] = []
+        async with running(daemon):
+            assert daemon.url is not None
+
+            async def settled() -> bool:
+                code, text = await get(f"{daemon.url}/metrics")
+                assert code == 200
+                if daemon.health.activity == "syncing":
+                    scraped_busy.append(text)
+                counts = await store.counts()
+                return counts[State.PENDING] + counts[State.IN_FLIGHT] == 0
+
+            await eventually(settled)
+            # A poll later the gauges show the final queue, and the idle loop says so.
+            await eventually(lambda: _activity(daemon, "idle"))
+            await asyncio.sleep(0.2)
+            code, text = await get(f"{daemon.url}/metrics")
+            assert code == 200
+            assert requests_by_endpoint_and_code(text) == sandbox_requests(sandbox)
+            assert sum(v for k, v in sandbox_requests(sandbox).items() if k[1] != "200") > 0
+            assert metric(text, "kantata_sync_rate_limited_total") == (
+                sandbox.state.stats.total_429
+            )
+            rows = await all_rows(store)
+            finished = {
+                (state, outcome): sum(
+                    1 for r in rows.values() if r["state"] == state and r["outcome"] == outcome
+                )
+                for state, outcome in {(r["state"], r["outcome"]) for r in rows.values()}
+            }
+            counted: dict[tuple[str, str | None], float] = {}
+            for (name, labels), value in samples(text).items():
+                if name == "kantata_sync_changes_total":
+                    label = dict(labels)
+                    key = (label["state"], label["outcome"] or None)
+                    counted[key] = counted.get(key, 0) + value
+            assert counted == finished
+            assert metric(text, "kantata_sync_queue_depth", state="succeeded") == sum(
+                1 for r in rows.values() if r["state"] == State.SUCCEEDED
+            )
+            assert metric(text, "kantata_sync_queue_depth", state="pending") == 0
+            assert metric(text, "kantata_sync_oldest_pending_age_seconds") == 0
+            assert metric(text, "kantata_sync_last_success_timestamp_seconds") > time.time() - 60
+            assert (await get(f"{daemon.url}/healthz"))[0] == 200
+            assert (await get(f"{daemon.url}/readyz"))[0] == 200
+        assert len(rows) == len(ids)
+        assert {r["state"] for r in rows.values()} <= {State.SUCCEEDED, State.FAILED}
+        assert scraped_busy, "no scrape happened while the daemon was syncing"
+        for text in scraped_busy:
+            for key, value in requests_by_endpoint_and_code(text).items():
+                assert value <= sandbox_requests(sandbox)[key]
+        assert not await store.has_in_flight()
+
+
+async def _activity(daemon: Daemon, activity: str) -> bool:
+    return daemon.health.activity == activity
+
+
+async def test_a_busy_period_is_one_run_and_idle_polls_add_none(
+    sqlite_store: Store, sandbox: SandboxHandle
+) -> None:
+    daemon = make_daemon(sqlite_store, sandbox)
+    async with running(daemon):
+        await sqlite_store.enqueue([update(w, title="a") for w in range(1, 11)])
+        daemon.wake.set()
+        await eventually(lambda: _all_done(sqlite_store))
+        await asyncio.sleep(0.5)  # ten idle polls
+        await sqlite_store.enqueue([update(w, title="b") for w in range(1, 11)])
+        await eventually(lambda: _all_done(sqlite_store))
+        await eventually(lambda: _activity(daemon, "idle"))
+    async with sqlite_store.engine.connect() as conn:
+        runs = (await conn.execute(sa.select(sync_runs.c.command, sync_runs.c.claimed))).all()
+    assert sorted(runs) == [("serve", 10), ("serve", 10)]
+    assert daemon.summary.runs == 2
+
+
+async def _all_done(store: Store) -> bool:
+    counts = await store.counts()
+    return counts[State.SUCCEEDED] > 0 and counts[State.PENDING] + counts[State.IN_FLIGHT] == 0
+
+
+async def test_a_long_busy_period_is_cut_into_runs_of_max_run_seconds(
+    sqlite_store: Store, sandbox: SandboxHandle
+) -> None:
+    await sqlite_store.enqueue([update(w, title="x") for w in range(1, 41)])
+    daemon = make_daemon(sqlite_store, sandbox, max_run_seconds=0.3, settings={"rate_limit": 40})
+    async with running(daemon):
+        await eventually(lambda: _all_done(sqlite_store))
+    async with sqlite_store.engine.connect() as conn:
+        runs = (
+            await conn.execute(
+                sa.select(sync_runs.c.ended_because, sync_runs.c.succeeded).order_by(
+                    sync_runs.c.started_at
+                )
+            )
+        ).all()
+    assert len(runs) >= 2
+    assert sum(succeeded for _, succeeded in runs) == 40
+    assert [why for why, _ in runs[:-1]] == ["stopped"] * (len(runs) - 1)
+    rows = await all_rows(sqlite_store)
+    assert all(r["state"] == State.SUCCEEDED and r["attempts"] == 1 for r in rows.values())
+
+
+async def test_wake_starts_a_run_without_waiting_for_the_poll(
+    sqlite_store: Store, sandbox: SandboxHandle
+) -> None:
+    daemon = make_daemon(sqlite_store, sandbox, poll_interval=120.0)
+    async with running(daemon):
+        await asyncio.sleep(0.2)  # the first poll has come and gone
+        await sqlite_store.enqueue([status(3, 310)])
+        daemon.wake.set()
+        await eventually(lambda: _all_done(sqlite_store), within=20)
+
+
+async def test_an_idle_daemon_stays_live_in_the_worker_registry_and_leaves_it_on_stop(
+    store: Store, sandbox: SandboxHandle
+) -> None:
+    # lease_seconds 0.6: heartbeats every 0.2 s, and a worker is dead after 1.2 s without one.
+    daemon = make_daemon(store, sandbox, poll_interval=60.0, settings={"lease_seconds": 0.6})
+    coordinator = Coordinator(store.engine)
+    async with running(daemon):
+        await asyncio.sleep(2.0)  # idle, well past the point a silent worker counts as dead
+        live, dead = await coordinator.workers(datetime.now(UTC), 1.2)
+        assert [(w.command, w.pid) for w in live] == [("serve", os.getpid())]
+        assert dead == 0
+    live, dead = await coordinator.workers(datetime.now(UTC), 1.2)
+    assert (live, dead) == ([], 0)
+
+
+@pytest.mark.postgres
+async def test_on_postgresql_an_insert_wakes_an_idle_daemon_through_notify(
+    pg_database_url: str, sandbox: SandboxHandle
+) -> None:
+    from worker import db as dbmod
+
+    engine = dbmod.create_engine(pg_database_url)
+    await dbmod.upgrade(engine)
+    store = Store(engine)
+    try:
+        async with Coordinator(engine).notifications() as wake:
+            assert wake is not None
+            daemon = make_daemon(store, sandbox, poll_interval=120.0, wake=wake)
+            async with running(daemon):
+                await asyncio.sleep(0.3)  # the first poll has come and gone
+                await insert_raw(store, 4, "status_change", '{"to_status_key": 310}')
+                await eventually(lambda: _all_done(store), within=20)
+        assert sandbox.state.stats.count() == 1
+    finally:
+        await engine.dispose()
+
+
+async def test_a_stop_that_comes_while_polling_ends_serve_at_once_and_starts_nothing(
+    sqlite_store: Store, sandbox: SandboxHandle
+) -> None:
+    daemon = make_daemon(sqlite_store, sandbox, poll_interval=120.0)
+    task = asyncio.create_task(daemon.run())
+    await asyncio.wait_for(daemon.ready.wait(), 30)
+    await sqlite_store.enqueue([update(1, title="due")])
+    blocker = sqlite3.connect(str(sqlite_store.engine.url.database), isolation_level=None)
+    try:
+        blocker.execute("BEGIN IMMEDIATE")  # the daemon's next poll waits for this lock
+        daemon.wake.set()
+        await asyncio.sleep(0.3)
+        daemon.request_stop("test")
+        await asyncio.sleep(0.1)
+        blocker.execute("ROLLBACK")
+    finally:
+        blocker.close()
+    await asyncio.wait_for(task, 20)  # not after the 120 s poll interval
+    assert daemon.summary.runs == 0
+    assert (await sqlite_store.counts())[State.PENDING] == 1
+    assert daemon.health.activity == "stopping"
+
+
+async def test_a_rejected_token_makes_serve_unready_and_quiet_until_retried(
+    sqlite_store: Store, sandbox: SandboxHandle
+) -> None:
+    sandbox.state.revoke(TOKEN)
+    await sqlite_store.enqueue([update(w, title="z") for w in range(1, 6)])
+    daemon = make_daemon(sqlite_store, sandbox, token_retry_interval=3600)
+    async with running(daemon):
+        url = daemon.url
+
+        async def unready() -> bool:
+            code, body = await get(f"{url}/readyz")
+            return code == 503 and "token: rejected (401)" in body
+
+        await eventually(unready)
+        rejected = sandbox.state.stats.count(status=401)
+        assert 1 <= rejected <= 5  # the requests already in flight when the first 401 came
+        await asyncio.sleep(0.5)  # ten polls: none of them may send anything
+        assert sandbox.state.stats.count() == rejected
+        rows = await all_rows(sqlite_store)
+        assert {(r["state"], r["attempts"]) for r in rows.values()} == {(State.PENDING, 0)}
+        assert (await get(f"{url}/healthz"))[0] == 200
+        assert daemon.health.activity == "token_rejected"
+
+        sandbox.state.restore(TOKEN)
+        daemon.retry_now()
+        await eventually(lambda: _all_done(sqlite_store))
+        await eventually(lambda: _ready(url))
+    assert daemon.summary.token_rejections == 1
+
+
+async def _ready(url: str | None) -> bool:
+    return (await get(f"{url}/readyz"))[0] == 200
+
+
+async def test_readyz_follows_the_sqlite_file_and_healthz_stays_up(
+    sqlite_store: Store, sandbox: SandboxHandle
+) -> None:
+    path = str(sqlite_store.engine.url.database)
+    daemon = make_daemon(sqlite_store, sandbox)
+    async with running(daemon):
+        assert (await get(f"{daemon.url}/readyz"))[0] == 200
+        os.rename(path, path + ".moved")
+        code, body = await get(f"{daemon.url}/readyz")
+        assert code == 503 and "is missing" in body, body
+        await eventually(lambda: _activity(daemon, "database_error"))
+        assert (await get(f"{daemon.url}/healthz"))[0] == 200
+        os.rename(path + ".moved", path)
+        await eventually(lambda: _ready(daemon.url))
+        await eventually(lambda: _activity(daemon, "idle"))
+
+
+@pytest.mark.postgres
+async def test_readyz_turns_unready_when_postgresql_drops_the_database(
+    pg_database_url: str, sandbox: SandboxHandle
+) -> None:
+    from worker import db as dbmod
+
+    engine = dbmod.create_engine(pg_database_url)
+    await dbmod.upgrade(engine)
+    store = Store(engine)
+    try:
+        daemon = make_daemon(store, sandbox)
+        async with running(daemon):
+            assert (await get(f"{daemon.url}/readyz"))[0] == 200
+            name = pg_database_url.rsplit("/", 1)[1]
+            admin = await asyncpg.connect(PG_ADMIN_URL)
+            try:
+                await admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+            finally:
+                await admin.close()
+            code, body = await get(f"{daemon.url}/readyz")
+            assert code == 503 and "database:" in body, body
+            await eventually(lambda: _activity(daemon, "database_error"))
+            assert (await get(f"{daemon.url}/healthz"))[0] == 200
+    finally:
+        await engine.dispose()
+
+
+class NotifyReader:
+    """A bound datagram socket read by a thread, as systemd reads its notify socket.
+
+    The kernel queues only a few datagrams (net.unix.max_dgram_qlen, often 10) before the
+    sender gets EAGAIN, so the socket must be drained all the time.
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(path)
+        self.sock.settimeout(0.05)
+        self.messages: list[str] = []
+        self._lock = threading.Lock()
+        self._closed = threading.Event()
+        self._thread = threading.Thread(target=self._read, daemon=True)
+        self._thread.start()
+
+    def _read(self) -> None:
+        while not self._closed.is_set():
+            try:
+                data = self.sock.recv(4096)
+            except TimeoutError:
+                continue
+            with self._lock:
+                self.messages.append(data.decode())
+
+    def take(self) -> list[str]:
+        """The messages received since the last call."""
+        with self._lock:
+            taken, self.messages = self.messages, []
+        return taken
+
+    def close(self) -> None:
+        self._closed.set()
+        self._thread.join()
+        self.sock.close()
+
+
+@pytest.fixture
+def notify_reader() -> Iterator[NotifyReader]:
+    # AF_UNIX paths are limited to ~108 bytes; pytest's tmp_path can be longer.
+    with tempfile.TemporaryDirectory(prefix="ks-") as directory:
+        reader = NotifyReader(os.path.join(directory, "notify"))
+        try:
+            yield reader
+        finally:
+            reader.close()
+
+
+class Clock:
+    """A monotonic clock the test can push forward."""
+
+    def __init__(self) -> None:
+        self.offset = 0.0
+
+    def __call__(self) -> float:
+        return time.monotonic() + self.offset
+
+
+async def test_a_stalled_loop_withholds_the_watchdog_and_fails_healthz(
+    sqlite_store: Store, sandbox: SandboxHandle, notify_reader: NotifyReader
+) -> None:
+    clock = Clock()
+    settings = fast_settings(sandbox, rate_limit=0)
+    options = ServeOptions(poll_interval=60.0, http_port=0, watchdog_interval=0.05)
+    notifier = Notifier(notify_reader.path)
+    daemon = Daemon(settings, sqlite_store, options, notifier=notifier, clock=clock)
+    async with running(daemon):
+        await asyncio.sleep(0.3)
+        before = notify_reader.take()
+        assert before[0] == "READY=1\nSTATUS=idle; 0 pending", before
+        assert before.count("WATCHDOG=1") >= 2
+        clock.offset = options.stale_after + 1  # the loop has not ticked for too long
+        await asyncio.sleep(0.2)
+        notify_reader.take()  # drop a ping that may have been on its way
+        await asyncio.sleep(0.3)
+        assert "WATCHDOG=1" not in notify_reader.take()
+        code, body = await get(f"{daemon.url}/healthz")
+        assert code == 503 and '"alive": false' in body
+        daemon.wake.set()  # the loop ticks again: pings and health come back
+        await asyncio.sleep(0.3)
+        assert "WATCHDOG=1" in notify_reader.take()
+        assert (await get(f"{daemon.url}/healthz"))[0] == 200
+    await asyncio.sleep(0.1)
+    final = notify_reader.take()
+    assert any(m.startswith("STOPPING=1\nSTATUS=stopping") for m in final), final
+    assert final[-1] == "STATUS=stopped"
+    notifier.close()

@@ -1,0 +1,200 @@
+"""What ``serve`` tells the outside world over HTTP: ``/metrics``, ``/healthz`` and ``/readyz``.
+
+- ``/metrics``: the process's Prometheus registry (text format, or OpenMetrics when asked).
+- ``/healthz``: 200 while the serve loop has ticked recently, else 503. Liveness only: a
+  database outage or a rejected token does not make the process unhealthy (restarting it
+  would not help), only unready.
+- ``/readyz``: 200 only if the database answers with the schema this version needs and the
+  last run did not end with the token rejected; otherwise 503 with the reasons in the body.
+
+The listener binds to loopback by default; it serves nothing secret, but nothing that needs
+to be public either.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+from prometheus_client.exposition import choose_encoder
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from . import db as dbmod
+from .exceptions import ConfigError, DatabaseError
+from .metrics import Metrics
+
+DEFAULT_HTTP_HOST = "127.0.0.1"
+DEFAULT_HTTP_PORT = 9464
+"""Port of the HTTP listener; 9464 is a common choice for an application's own exporter."""
+SHUTDOWN_TIMEOUT = 2.0
+"""Seconds a stopping listener gives a scrape in progress."""
+DATABASE_TIMEOUT = 10.0
+"""Seconds a readiness probe or a queue refresh may take before it counts as a failure."""
+
+
+@dataclass(slots=True)
+class HealthState:
+    """The serve loop's vital signs, shared with the HTTP handlers and the watchdog."""
+
+    stale_after: float
+    """Seconds without a tick after which the loop counts as stuck."""
+    clock: Callable[[], float] = time.monotonic
+    last_tick: float = field(default=0.0)
+    activity: str = "starting"
+    token_problem: str | None = None
+    database_problem: str | None = None
+    stopping: bool = False
+
+    def __post_init__(self) -> None:
+        self.last_tick = self.clock()
+
+    def tick(self) -> None:
+        self.last_tick = self.clock()
+
+    def tick_age(self) -> float:
+        return max(self.clock() - self.last_tick, 0.0)
+
+    def alive(self) -> bool:
+        return self.tick_age() <= self.stale_after
+
+
+class DatabaseProbe:
+    """Checks that the database answers and is migrated, within :data:`DATABASE_TIMEOUT`.
+
+    For a SQLite file it also checks that the path still names the file the process opened:
+    an open connection keeps working on a deleted or replaced file, so a plain query would
+    say "fine" while every result went into a file nobody can see any more.
+    """
+
+    def __init__(self, engine: AsyncEngine, timeout: float = DATABASE_TIMEOUT) -> None:
+        self.engine = engine
+        self.timeout = timeout
+        self.path: str | None = None
+        self._identity: tuple[int, int] | None = None
+        url = engine.url
+        if url.get_backend_name() == "sqlite" and url.database and url.database != ":memory:":
+            self.path = url.database
+            self._identity = self._stat()
+
+    def _stat(self) -> tuple[int, int] | None:
+        assert self.path is not None
+        try:
+            st = os.stat(self.path)
+        except OSError:
+            return None
+        return (st.st_dev, st.st_ino)
+
+    async def problem(self) -> str | None:
+        """None when the database is usable, else why not (without the password)."""
+        if self.path is not None:
+            identity = self._stat()
+            if identity is None:
+                return f"database file {self.path} is missing"
+            if self._identity is None:
+                self._identity = identity
+            elif identity != self._identity:
+                return f"database file {self.path} was replaced since kantata-sync opened it"
+        try:
+            await asyncio.wait_for(dbmod.check_schema(self.engine), self.timeout)
+        except TimeoutError:
+            return f"database did not answer within {self.timeout:g} s"
+        except DatabaseError as exc:
+            return str(exc)
+        return None
+
+
+class HttpListener:
+    """The aiohttp server for ``/metrics``, ``/healthz`` and ``/readyz``."""
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        metrics: Metrics,
+        health: HealthState,
+        probe: DatabaseProbe,
+    ) -> None:
+        self.host = host
+        self.port = port
+        self.metrics = metrics
+        self.health = health
+        self.probe = probe
+        self.url = ""
+        self._runner: web.AppRunner | None = None
+
+    def app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_get("/metrics", self._metrics)
+        app.router.add_get("/healthz", self._healthz)
+        app.router.add_get("/readyz", self._readyz)
+        return app
+
+    async def start(self) -> str:
+        """Bind and serve; return the base URL (with the real port when asked for port 0)."""
+        runner = web.AppRunner(
+            self.app(), access_log=None, handle_signals=False, shutdown_timeout=SHUTDOWN_TIMEOUT
+        )
+        await runner.setup()
+        try:
+            site = web.TCPSite(runner, self.host, self.port, reuse_address=True)
+            await site.start()
+        except OSError as exc:
+            await runner.cleanup()
+            raise ConfigError(
+                f"http: cannot listen on {self.host}:{self.port} ({exc.strerror or exc})"
+            ) from exc
+        self._runner = runner
+        port = runner.addresses[0][1]
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        self.url = f"http://{host}:{port}"
+        return self.url
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    async def _metrics(self, request: web.Request) -> web.Response:
+        encoder, content_type = choose_encoder(request.headers.get("Accept", ""))
+        body = encoder(self.metrics.registry)
+        return web.Response(body=body, headers={"Content-Type": content_type})
+
+    async def _healthz(self, request: web.Request) -> web.Response:
+        alive = self.health.alive()
+        body = {
+            "alive": alive,
+            "activity": self.health.activity,
+            "last_tick_age_seconds": round(self.health.tick_age(), 3),
+            "stale_after_seconds": self.health.stale_after,
+        }
+        return _json(body, 200 if alive else 503)
+
+    async def _readyz(self, request: web.Request) -> web.Response:
+        reasons = await readiness_problems(self.health, self.probe)
+        body = {"ready": not reasons, "reasons": reasons, "activity": self.health.activity}
+        return _json(body, 503 if reasons else 200)
+
+
+async def readiness_problems(health: HealthState, probe: DatabaseProbe) -> list[str]:
+    """Why the daemon should not count as ready; empty when it is ready."""
+    reasons: list[str] = []
+    if health.stopping:
+        reasons.append("stopping")
+    problem = await probe.problem()
+    if problem is not None:
+        reasons.append(f"database: {problem}")
+    if health.token_problem is not None:
+        reasons.append(f"token: {health.token_problem}")
+    return reasons
+
+
+def _json(body: dict[str, Any], status: int) -> web.Response:
+    return web.Response(
+        text=json.dumps(body) + "\n", status=status, content_type="application/json"
+    )
