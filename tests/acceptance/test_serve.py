@@ -9,7 +9,6 @@ import socket
 import sqlite3
 import subprocess
 import tempfile
-import threading
 import time
 import urllib.error
 import urllib.request
@@ -20,52 +19,10 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from ..notify_socket import NotifySocket
 from .conftest import KANTATA_SYNC, Cli, SandboxProcess, start_sandbox, stop, wait_for
 
 SECRET = "tok-5e1f0c2b-SERVE-SECRET"
-
-
-class NotifySocket:
-    """A unix datagram socket standing in for systemd's notify socket.
-
-    A thread reads it all the time, as systemd does: the kernel queues only a few datagrams
-    (net.unix.max_dgram_qlen, often 10) before the sender gets EAGAIN.
-    """
-
-    def __init__(self, path: str) -> None:
-        self.path = path
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self.sock.bind(path)
-        self.sock.settimeout(0.05)
-        self.messages: list[str] = []
-        self._lock = threading.Lock()
-        self._closed = threading.Event()
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        while not self._closed.is_set():
-            try:
-                data = self.sock.recv(4096)
-            except TimeoutError:
-                continue
-            with self._lock:
-                self.messages.append(data.decode())
-
-    def poll(self) -> list[str]:
-        with self._lock:
-            return list(self.messages)
-
-    def seen(self, prefix: str) -> bool:
-        return any(text.startswith(prefix) for text in self.poll())
-
-    def index(self, prefix: str) -> int:
-        return next(i for i, text in enumerate(self.poll()) if text.startswith(prefix))
-
-    def close(self) -> None:
-        self._closed.set()
-        self._reader.join()
-        self.sock.close()
 
 
 @pytest.fixture

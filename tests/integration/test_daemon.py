@@ -5,10 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import socket
 import sqlite3
 import tempfile
-import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from datetime import UTC, datetime
@@ -33,6 +31,7 @@ from worker.sdnotify import Notifier
 from worker.store import Store
 
 from ..conftest import PG_ADMIN_URL
+from ..notify_socket import NotifySocket
 from .conftest import SandboxFactory
 from .pipeline_helpers import TOKEN, all_rows, fast_settings, insert_raw, status, update
 
@@ -387,50 +386,11 @@ async def test_readyz_turns_unready_when_postgresql_drops_the_database(
         await engine.dispose()
 
 
-class NotifyReader:
-    """A bound datagram socket read by a thread, as systemd reads its notify socket.
-
-    The kernel queues only a few datagrams (net.unix.max_dgram_qlen, often 10) before the
-    sender gets EAGAIN, so the socket must be drained all the time.
-    """
-
-    def __init__(self, path: str) -> None:
-        self.path = path
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self.sock.bind(path)
-        self.sock.settimeout(0.05)
-        self.messages: list[str] = []
-        self._lock = threading.Lock()
-        self._closed = threading.Event()
-        self._thread = threading.Thread(target=self._read, daemon=True)
-        self._thread.start()
-
-    def _read(self) -> None:
-        while not self._closed.is_set():
-            try:
-                data = self.sock.recv(4096)
-            except TimeoutError:
-                continue
-            with self._lock:
-                self.messages.append(data.decode())
-
-    def take(self) -> list[str]:
-        """The messages received since the last call."""
-        with self._lock:
-            taken, self.messages = self.messages, []
-        return taken
-
-    def close(self) -> None:
-        self._closed.set()
-        self._thread.join()
-        self.sock.close()
-
-
 @pytest.fixture
-def notify_reader() -> Iterator[NotifyReader]:
+def notify_reader() -> Iterator[NotifySocket]:
     # AF_UNIX paths are limited to ~108 bytes; pytest's tmp_path can be longer.
     with tempfile.TemporaryDirectory(prefix="ks-") as directory:
-        reader = NotifyReader(os.path.join(directory, "notify"))
+        reader = NotifySocket(os.path.join(directory, "notify"))
         try:
             yield reader
         finally:
@@ -448,7 +408,7 @@ class Clock:
 
 
 async def test_a_stalled_loop_withholds_the_watchdog_and_fails_healthz(
-    sqlite_store: Store, sandbox: SandboxHandle, notify_reader: NotifyReader
+    sqlite_store: Store, sandbox: SandboxHandle, notify_reader: NotifySocket
 ) -> None:
     clock = Clock()
     settings = fast_settings(sandbox, rate_limit=0)
