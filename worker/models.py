@@ -75,6 +75,7 @@ sync_changes = sa.Table(
     sa.Index("ix_sync_changes_state_id", "state", "id"),
     sa.Index("ix_sync_changes_workspace_state_id", "workspace_id", "state", "id"),
     sa.Index("ix_sync_changes_lease_expires_at", "lease_expires_at"),
+    sa.Index("ix_sync_changes_next_attempt_at", "next_attempt_at"),
     sqlite_autoincrement=True,
 )
 

@@ -149,6 +149,7 @@ class SharedRateLimiter:
         self._slots: deque[float] = deque()
         self._rate = self.budget
         self._pending_throttle: float | None = None
+        self._low_water = 0
         self._lock = asyncio.Lock()
         self._throttler = Throttler(
             rate_limit=max(1, math.floor(self.budget)), period=1.0, retry_interval=0.002
@@ -177,7 +178,9 @@ class SharedRateLimiter:
         given, and the server's one-second window would see more than the budget.
         """
         while True:
-            if not self._slots:
+            if len(self._slots) <= self._low_water:
+                # Reserve the next block before this one runs out: it then continues the
+                # schedule where this one ends, with no gap while the reservation travels.
                 await self._refill()
             slot = self._slots.popleft()
             if slot >= self._clock() - LATE_TOLERANCE:
@@ -186,6 +189,7 @@ class SharedRateLimiter:
 
     async def _refill(self) -> None:
         count = max(1, round(self._rate * self._block_seconds))
+        self._low_water = count // 2
         throttled, self._pending_throttle = self._pending_throttle, None
         block = await self._source(count, throttled)
         here = block.local if block.local is not None else self._clock()

@@ -32,6 +32,8 @@ from .models import sync_attempts, sync_changes, sync_runs, sync_workers
 
 c = sync_changes.c
 CLAIM_LOCK_KEY = 0x6B616E74  # serialises claims on PostgreSQL: workspaces never in two hands
+CLAIM_LOOKAHEAD = 10
+"""How many queued changes per batch slot a claim looks at (IDs only) to keep workspaces whole."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,26 +143,36 @@ class Store:
         now: datetime,
         dead_after: float | None = None,
     ) -> list[ClaimedRow]:
-        """Lease up to ``limit`` due changes, oldest first, whole workspace prefixes only."""
-        candidates = (
-            sa.select(c.id)
-            .where(
-                c.state == State.PENDING,
-                sa.or_(c.next_attempt_at.is_(None), c.next_attempt_at <= now),
-                *_next_in_line(now),
-            )
+        """Lease up to ``limit`` due changes, oldest first, whole workspace prefixes only.
+
+        The oldest ``limit`` eligible changes name the workspaces; their later due changes
+        are then taken too, workspace by workspace, while the batch has room. Several queued
+        updates of one workspace so travel together and merge into one PUT.
+        """
+        due = sa.or_(c.next_attempt_at.is_(None), c.next_attempt_at <= now)
+        first = (
+            sa.select(c.id, c.workspace_id)
+            .where(c.state == State.PENDING, due, *_next_in_line(now))
             .order_by(c.id)
             .limit(limit)
         )
         if self.dialect == "postgresql":
-            candidates = candidates.with_for_update(skip_locked=True, of=sync_changes)
+            first = first.with_for_update(skip_locked=True, of=sync_changes)
         async with translate_errors("claiming changes"), self.engine.begin() as conn:
             if self.dialect == "postgresql":
                 await conn.execute(sa.select(sa.func.pg_advisory_xact_lock(CLAIM_LOCK_KEY)))
             await self.reclaim_expired(conn, now, dead_after)
-            ids = (await conn.execute(candidates)).scalars().all()
-            if not ids:
+            found = (await conn.execute(first)).all()
+            if not found:
                 return []
+            workspaces = list(dict.fromkeys(workspace_id for _, workspace_id in found))
+            queued = sa.select(c.id, c.workspace_id).where(
+                c.workspace_id.in_(workspaces), c.state == State.PENDING, due
+            )
+            queued = queued.order_by(c.id).limit(limit * CLAIM_LOOKAHEAD)
+            if self.dialect == "postgresql":
+                queued = queued.with_for_update(skip_locked=True, of=sync_changes)
+            ids = _whole_prefixes((await conn.execute(queued)).all(), workspaces, limit)
             result = await conn.execute(
                 sa.update(sync_changes)
                 .where(c.id.in_(ids))
@@ -345,19 +357,26 @@ class Store:
         That is a pending change's retry time, or the lease expiry of an in-flight change
         (whose worker may have died: its changes come back then).
         """
-        due = sa.func.coalesce(c.next_attempt_at, c.created_at)
-        pending = sa.select(sa.func.min(due)).where(
+        due_now = sa.select(sa.func.min(sa.func.coalesce(c.next_attempt_at, c.created_at))).where(
             c.state == State.PENDING,
-            sa.or_(c.next_attempt_at.is_(None), c.next_attempt_at <= horizon),
+            sa.or_(c.next_attempt_at.is_(None), c.next_attempt_at <= now),
             *_next_in_line(now),
+        )
+        retrying = sa.select(sa.func.min(c.next_attempt_at)).where(
+            c.state == State.PENDING,
+            c.next_attempt_at > now,
+            c.next_attempt_at <= horizon,
+            c.workspace_id.not_in(_blocked_workspaces(now, waiting=False)),
         )
         expiring = sa.select(sa.func.min(c.lease_expires_at)).where(
             c.state == State.IN_FLIGHT, c.lease_expires_at <= horizon
         )
         async with translate_errors("reading the queue"), self.engine.connect() as conn:
-            first = _as_datetime((await conn.execute(pending)).scalar())
-            second = _as_datetime((await conn.execute(expiring)).scalar())
-        return min((d for d in (first, second) if d is not None), default=None)
+            times = [
+                _as_datetime((await conn.execute(query)).scalar())
+                for query in (due_now, retrying, expiring)
+            ]
+        return min((t for t in times if t is not None), default=None)
 
     async def has_in_flight(self) -> bool:
         query = sa.select(sa.func.count()).where(c.state == State.IN_FLIGHT)
@@ -444,20 +463,38 @@ class Store:
             return sorted(result.scalars().all())
 
 
+def _blocked_workspaces(now: datetime, *, waiting: bool = True) -> sa.Select[Any]:
+    """Workspaces with a change in flight (or, with ``waiting``, one waiting for a retry).
+
+    They are few and come from index scans, so a claim stays an index walk in ID order
+    however long the queue is.
+    """
+    blocked: Any = sa.select(c.workspace_id).where(c.state == State.IN_FLIGHT)
+    if waiting:
+        retrying = sa.select(c.workspace_id).where(
+            c.next_attempt_at > now, c.state == State.PENDING
+        )
+        blocked = sa.union(blocked, retrying)
+    subquery = blocked.subquery()
+    return sa.select(subquery.c.workspace_id)
+
+
 def _next_in_line(now: datetime) -> list[sa.ColumnElement[bool]]:
-    """A pending change may go only when nothing of its workspace is in flight and no earlier
-    change of its workspace is waiting for a retry."""
-    held = sync_changes.alias("held")
-    waiting = sync_changes.alias("waiting")
-    return [
-        ~sa.exists().where(held.c.workspace_id == c.workspace_id, held.c.state == State.IN_FLIGHT),
-        ~sa.exists().where(
-            waiting.c.workspace_id == c.workspace_id,
-            waiting.c.state == State.PENDING,
-            waiting.c.id < c.id,
-            waiting.c.next_attempt_at > now,
-        ),
-    ]
+    """A pending change may go only when nothing of its workspace is in flight or waiting."""
+    return [c.workspace_id.not_in(_blocked_workspaces(now))]
+
+
+def _whole_prefixes(queued: Sequence[Any], workspaces: list[Any], limit: int) -> list[int]:
+    """Up to ``limit`` IDs: each workspace's queued changes in order, workspace by workspace."""
+    by_workspace: dict[Any, list[int]] = {w: [] for w in workspaces}
+    for change_id, workspace_id in queued:
+        by_workspace[workspace_id].append(change_id)
+    ids: list[int] = []
+    for workspace_id in workspaces:
+        ids.extend(by_workspace[workspace_id][: limit - len(ids)])
+        if len(ids) >= limit:
+            break
+    return ids
 
 
 def _as_datetime(value: object) -> datetime | None:

@@ -39,16 +39,26 @@ async def test_enqueue_assigns_ascending_ids_and_defaults(store: Store) -> None:
     assert isinstance(stored[ids[0]]["created_at"], datetime)
 
 
-async def test_claim_leases_oldest_first_and_never_the_same_workspace_twice(store: Store) -> None:
-    ids = await store.enqueue([update(1, "a"), update(2, "b"), update(1, "c")])
+async def test_claim_takes_whole_workspaces_oldest_first_and_never_twice(store: Store) -> None:
+    ids = await store.enqueue([update(1, "a"), update(2, "b"), update(1, "c"), update(3, "d")])
     first = await store.claim("w1", limit=2, lease_seconds=60, now=NOW)
-    assert [r.id for r in first] == ids[:2]
-    # Workspace 1 is held by w1, so its later change must wait, although it is due.
-    assert await store.claim("w2", limit=10, lease_seconds=60, now=NOW) == []
+    # Workspace 1's queued changes travel together, so that they can merge into one PUT.
+    assert [r.id for r in first] == [ids[0], ids[2]]
+    second = await store.claim("w2", limit=10, lease_seconds=60, now=NOW)
+    assert [r.id for r in second] == [ids[1], ids[3]]
     stored = await rows(store)
     assert stored[ids[0]]["state"] == "in_flight"
-    assert stored[ids[0]]["lease_owner"] == "w1"
-    assert stored[ids[2]]["state"] == "pending"
+    assert (stored[ids[0]]["lease_owner"], stored[ids[1]]["lease_owner"]) == ("w1", "w2")
+    # Workspace 1 is held by w1: a change enqueued for it now must wait, although due.
+    [late] = await store.enqueue([update(1, "e")])
+    assert await store.claim("w3", limit=10, lease_seconds=60, now=NOW) == []
+    assert (await rows(store))[late]["state"] == "pending"
+
+
+async def test_a_claim_never_exceeds_its_limit_and_keeps_prefixes(store: Store) -> None:
+    ids = await store.enqueue([update(1, str(i)) for i in range(7)] + [update(2, "x")])
+    claimed = await store.claim("w", limit=5, lease_seconds=60, now=NOW)
+    assert [r.id for r in claimed] == ids[:5]
 
 
 async def test_a_change_waiting_for_retry_blocks_later_changes_of_its_workspace(
