@@ -33,7 +33,7 @@ from .models import sync_attempts, sync_changes, sync_runs, sync_workers
 c = sync_changes.c
 CLAIM_LOCK_KEY = 0x6B616E74  # serialises claims on PostgreSQL: workspaces never in two hands
 CLAIM_LOOKAHEAD = 10
-"""How many queued changes per batch slot a claim looks at (IDs only) to keep workspaces whole."""
+"""A claim keeps whole the first ``batch / CLAIM_LOOKAHEAD`` workspaces it finds."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,13 +166,18 @@ class Store:
             if not found:
                 return []
             workspaces = list(dict.fromkeys(workspace_id for _, workspace_id in found))
-            queued = sa.select(c.id, c.workspace_id).where(
-                c.workspace_id.in_(workspaces), c.state == State.PENDING, due
+            ahead = workspaces[: max(1, limit // CLAIM_LOOKAHEAD)]
+            # Ordering by ``id + 0`` (sorted afterwards, a few hundred rows) keeps SQLite on the
+            # workspace index instead of walking the whole queue in ID order.
+            queued = (
+                sa.select(c.id, c.workspace_id)
+                .where(c.workspace_id.in_(ahead), c.state == State.PENDING, due)
+                .order_by(c.id + 0)
+                .limit(limit)
             )
-            queued = queued.order_by(c.id).limit(limit * CLAIM_LOOKAHEAD)
             if self.dialect == "postgresql":
                 queued = queued.with_for_update(skip_locked=True, of=sync_changes)
-            ids = _whole_prefixes((await conn.execute(queued)).all(), workspaces, limit)
+            ids = _whole_prefixes((await conn.execute(queued)).all(), found, limit)
             result = await conn.execute(
                 sa.update(sync_changes)
                 .where(c.id.in_(ids))
@@ -471,8 +476,10 @@ def _blocked_workspaces(now: datetime, *, waiting: bool = True) -> sa.Select[Any
     """
     blocked: Any = sa.select(c.workspace_id).where(c.state == State.IN_FLIGHT)
     if waiting:
+        # ``state || ''`` keeps the planners off the state index: the few rows with a future
+        # retry time are found through the retry-time index, not by walking every pending row.
         retrying = sa.select(c.workspace_id).where(
-            c.next_attempt_at > now, c.state == State.PENDING
+            c.next_attempt_at > now, c.state.concat("") == State.PENDING
         )
         blocked = sa.union(blocked, retrying)
     subquery = blocked.subquery()
@@ -484,17 +491,16 @@ def _next_in_line(now: datetime) -> list[sa.ColumnElement[bool]]:
     return [c.workspace_id.not_in(_blocked_workspaces(now))]
 
 
-def _whole_prefixes(queued: Sequence[Any], workspaces: list[Any], limit: int) -> list[int]:
-    """Up to ``limit`` IDs: each workspace's queued changes in order, workspace by workspace."""
-    by_workspace: dict[Any, list[int]] = {w: [] for w in workspaces}
-    for change_id, workspace_id in queued:
-        by_workspace[workspace_id].append(change_id)
-    ids: list[int] = []
-    for workspace_id in workspaces:
-        ids.extend(by_workspace[workspace_id][: limit - len(ids)])
-        if len(ids) >= limit:
-            break
-    return ids
+def _whole_prefixes(queued: Sequence[Any], found: Sequence[Any], limit: int) -> list[int]:
+    """Up to ``limit`` IDs: the looked-ahead workspaces whole, then the rest of ``found``.
+
+    ``found`` holds the oldest eligible changes in ID order, so every workspace's share of it
+    is a prefix of that workspace's queue; ``queued`` extends the first few workspaces.
+    """
+    ids = [change_id for change_id, _ in queued]
+    taken = {workspace_id for _, workspace_id in queued}
+    ids += [change_id for change_id, workspace_id in found if workspace_id not in taken]
+    return ids[:limit]
 
 
 def _as_datetime(value: object) -> datetime | None:
