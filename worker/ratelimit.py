@@ -24,6 +24,8 @@ HEADROOM = 0.98
 MIN_FRACTION = 0.05
 RECOVERY_PER_SECOND = 0.10
 DEFAULT_PAUSE = 1.0
+OFFSET_SAMPLES = 64
+"""Recent clock-offset samples kept; the window follows slow drift between clocks."""
 LATE_TOLERANCE = 0.005
 """Seconds a shared slot may be late before it is given up."""
 
@@ -150,6 +152,7 @@ class SharedRateLimiter:
         self._rate = self.budget
         self._pending_throttle: float | None = None
         self._low_water = 0
+        self._offsets: deque[float] = deque(maxlen=OFFSET_SAMPLES)
         self._lock = asyncio.Lock()
         self._throttler = Throttler(
             rate_limit=max(1, math.floor(self.budget)), period=1.0, retry_interval=0.002
@@ -192,11 +195,21 @@ class SharedRateLimiter:
         self._low_water = count // 2
         throttled, self._pending_throttle = self._pending_throttle, None
         block = await self._source(count, throttled)
-        here = block.local if block.local is not None else self._clock()
+        offset = self._offset(block)
         self._rate = 1.0 / block.spacing
-        self._slots.extend(
-            here + (block.first + i * block.spacing - block.now) for i in range(block.count)
-        )
+        self._slots.extend(block.first + i * block.spacing - offset for i in range(block.count))
+
+    def _offset(self, block: SlotBlock) -> float:
+        """The source's clock minus ours, filtered as NTP does.
+
+        A sample ``now - local`` can only be too small (our reading came late: the reply
+        waited for a busy event loop), never too large, so the best estimate is the largest
+        recent sample. Without the filter, a late reply shifts a whole block of slots later
+        and into the time given to other workers.
+        """
+        local = block.local if block.local is not None else self._clock()
+        self._offsets.append(block.now - local)
+        return max(self._offsets)
 
     def on_throttled(self, retry_after: float | None) -> None:
         self.throttled += 1

@@ -1,0 +1,60 @@
+"""The shared limiter maps slots from the source's clock to ours, robust to late replies."""
+
+from __future__ import annotations
+
+import pytest
+
+from worker.ratelimit import SharedRateLimiter, SlotBlock
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def test_late_replies_do_not_shift_the_schedule() -> None:
+    """The source runs 1000 s ahead of us; replies are read 0-40 ms late."""
+    clock = FakeClock()
+    delays = iter([0.040, 0.0, 0.025, 0.010])
+    next_first = [1100.0]
+    requests: list[tuple[int, float | None]] = []
+
+    async def source(count: int, throttled: float | None) -> SlotBlock:
+        requests.append((count, throttled))
+        delay = next(delays)
+        read_at = clock.now  # the source reads its clock now; our reading comes `delay` later
+        first = next_first[0]
+        next_first[0] = first + count * 0.01
+        return SlotBlock(
+            now=read_at + 1000.0, first=first, spacing=0.01, count=count, local=read_at + delay
+        )
+
+    limiter = SharedRateLimiter(100 / 0.98, source, block_seconds=0.04, clock=clock)
+    for _ in range(3):
+        await limiter._refill()
+    slots = list(limiter._slots)
+    # Block 1 had only its own sample (read 40 ms late); from block 2 on, the exact offset.
+    assert slots[0] == pytest.approx(100.0 + 0.04)  # 40 ms later than it should be
+    assert slots[4:] == pytest.approx([100.0 + 0.01 * i for i in range(4, 12)])
+    assert [count for count, _ in requests] == [4, 4, 4]
+
+
+async def test_a_429_is_reported_with_the_next_reservation_and_drops_slots() -> None:
+    clock = FakeClock()
+    seen: list[float | None] = []
+
+    async def source(count: int, throttled: float | None) -> SlotBlock:
+        seen.append(throttled)
+        return SlotBlock(now=clock.now, first=clock.now, spacing=0.02, count=count, local=clock.now)
+
+    limiter = SharedRateLimiter(50, source, block_seconds=0.1, clock=clock)
+    await limiter._refill()
+    assert limiter._slots
+    limiter.on_throttled(2.5)
+    assert not limiter._slots and limiter.throttled == 1
+    await limiter._refill()
+    assert seen == [None, 2.5]
+    assert limiter.rate == pytest.approx(50)
