@@ -5,14 +5,13 @@ from __future__ import annotations
 import contextlib
 import os
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import asyncpg
 import pytest
 
 from worker import db as dbmod
-from worker.config import Settings
 from worker.store import Store
 
 PG_ADMIN_URL = os.environ.get(
@@ -80,27 +79,25 @@ async def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncI
         yield url
 
 
-@pytest.fixture
-async def store(database_url: str) -> AsyncIterator[Store]:
-    """A migrated store on each engine."""
-    engine = dbmod.create_engine(database_url)
+@contextlib.asynccontextmanager
+async def migrated_store(url: str) -> AsyncIterator[Store]:
+    """A store on ``url`` after ``db upgrade``, disposed of afterwards."""
+    engine = dbmod.create_engine(url)
     await dbmod.upgrade(engine)
     try:
         yield Store(engine)
     finally:
         await engine.dispose()
+
+
+@pytest.fixture
+async def store(database_url: str) -> AsyncIterator[Store]:
+    """A migrated store on each engine."""
+    async with migrated_store(database_url) as migrated:
+        yield migrated
 
 
 @pytest.fixture
 async def sqlite_store(sqlite_url: str) -> AsyncIterator[Store]:
-    engine = dbmod.create_engine(sqlite_url)
-    await dbmod.upgrade(engine)
-    try:
-        yield Store(engine)
-    finally:
-        await engine.dispose()
-
-
-@pytest.fixture
-def settings_factory() -> Iterator[type[Settings]]:
-    yield Settings
+    async with migrated_store(sqlite_url) as migrated:
+        yield migrated
