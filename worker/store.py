@@ -28,7 +28,7 @@ from .changes import (
     State,
 )
 from .db import translate_errors
-from .models import sync_attempts, sync_changes, sync_runs, sync_workers
+from .models import UTCDateTime, sync_attempts, sync_changes, sync_runs, sync_workers
 
 c = sync_changes.c
 CLAIM_LOCK_KEY = 0x6B616E74  # serialises claims on PostgreSQL: workspaces never in two hands
@@ -223,41 +223,24 @@ class Store:
             return held
 
     async def write_back(self, results: Sequence[Result], now: datetime) -> list[int]:
-        """Record results in one transaction; return the IDs whose lease had been lost."""
-        lost: list[int] = []
+        """Record results in one transaction; return the IDs whose lease had been lost.
+
+        Two statements whatever the batch: read the fencing tokens of the rows (locked), then
+        one executemany UPDATE of those still held, itself fenced by the same conditions.
+        """
         if not results:
-            return lost
+            return []
         async with translate_errors("writing results back"), self.engine.begin() as conn:
-            for res in results:
-                final = res.state in FINAL_STATES
-                values: dict[str, Any] = {
-                    "state": res.state,
-                    "outcome": res.outcome,
-                    "attempts": res.attempts,
-                    "http_status": res.http_status,
-                    "error_type": res.error_type,
-                    "error_message": res.error_message,
-                    "error_field": res.error_field,
-                    "result": json.dumps(res.result) if res.result is not None else None,
-                    "next_attempt_at": res.next_attempt_at,
-                    "merged_into_id": res.merged_into_id,
-                    "lease_owner": None,
-                    "lease_expires_at": None,
-                    "updated_at": now,
-                    "completed_at": now if final else None,
-                }
-                result = await conn.execute(
-                    sa.update(sync_changes)
-                    .where(
-                        c.id == res.change_id,
-                        c.lease_token == res.lease_token,
-                        c.state == State.IN_FLIGHT,
-                    )
-                    .values(**values)
-                )
-                if result.rowcount == 0:
-                    lost.append(res.change_id)
-        return lost
+            current = sa.select(c.id, c.lease_token).where(
+                c.id.in_([res.change_id for res in results]), c.state == State.IN_FLIGHT
+            )
+            if self.dialect == "postgresql":
+                current = current.order_by(c.id).with_for_update()
+            tokens = {row.id: row.lease_token for row in await conn.execute(current)}
+            held = [res for res in results if tokens.get(res.change_id) == res.lease_token]
+            if held:
+                await conn.execute(_WRITE_BACK, [_write_back_params(res, now) for res in held])
+        return [res.change_id for res in results if tokens.get(res.change_id) != res.lease_token]
 
     async def release(self, leases: Sequence[Lease], now: datetime) -> int:
         """Return claimed changes to pending untouched: no attempt is charged."""
@@ -466,6 +449,51 @@ class Store:
                 sa.update(sync_changes).where(*where).values(**values).returning(c.id)
             )
             return sorted(result.scalars().all())
+
+
+_WRITE_BACK = (
+    sa.update(sync_changes)
+    .where(
+        c.id == sa.bindparam("w_id"),
+        c.lease_token == sa.bindparam("w_token"),
+        c.state == State.IN_FLIGHT,
+    )
+    .values(
+        state=sa.bindparam("w_state"),
+        outcome=sa.bindparam("w_outcome"),
+        attempts=sa.bindparam("w_attempts"),
+        http_status=sa.bindparam("w_http_status"),
+        error_type=sa.bindparam("w_error_type"),
+        error_message=sa.bindparam("w_error_message"),
+        error_field=sa.bindparam("w_error_field"),
+        result=sa.bindparam("w_result"),
+        next_attempt_at=sa.bindparam("w_next_attempt_at", type_=UTCDateTime),
+        merged_into_id=sa.bindparam("w_merged_into_id"),
+        lease_owner=None,
+        lease_expires_at=None,
+        updated_at=sa.bindparam("w_updated_at", type_=UTCDateTime),
+        completed_at=sa.bindparam("w_completed_at", type_=UTCDateTime),
+    )
+)
+
+
+def _write_back_params(res: Result, now: datetime) -> dict[str, Any]:
+    return {
+        "w_id": res.change_id,
+        "w_token": res.lease_token,
+        "w_state": str(res.state),
+        "w_outcome": str(res.outcome) if res.outcome is not None else None,
+        "w_attempts": res.attempts,
+        "w_http_status": res.http_status,
+        "w_error_type": res.error_type,
+        "w_error_message": res.error_message,
+        "w_error_field": res.error_field,
+        "w_result": json.dumps(res.result) if res.result is not None else None,
+        "w_next_attempt_at": res.next_attempt_at,
+        "w_merged_into_id": res.merged_into_id,
+        "w_updated_at": now,
+        "w_completed_at": now if res.state in FINAL_STATES else None,
+    }
 
 
 def _blocked_workspaces(now: datetime, *, waiting: bool = True) -> sa.Select[Any]:
