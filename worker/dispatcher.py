@@ -286,6 +286,9 @@ class Dispatcher:
             if halt.is_set():
                 self._release_steps(workspace_plan.steps[index:])
                 return
+            if not all(change.id in self._held for change in step.changes):
+                self._release_steps(workspace_plan.steps[index:])
+                return  # its lease was lost: the workspace is in other hands now
             with bound_contextvars(change_id=step.change_ids[-1]):
                 try:
                     keep_going = await self.steps.run(step)
@@ -303,6 +306,12 @@ class Dispatcher:
             if not keep_going:
                 self._release_steps(workspace_plan.steps[index + 1 :])
                 return
+            if index + 1 < len(workspace_plan.steps):
+                # The next step goes only once this one's result is durable: after a crash at
+                # most the last sent step of a workspace is sent again, which is safe (a PUT is
+                # idempotent, a status change is read back). Re-sending an earlier status
+                # change after a later one had landed would apply it a second time.
+                await self.flush()
 
     def _finish(self, result: Result, *, kind: str) -> None:
         self._release_lease(result.change_id)
@@ -370,7 +379,12 @@ class Dispatcher:
             await self.coordinator.heartbeat(self.owner, self.clock())
         leases = list(self._held.values())
         if leases:
-            await self.store.extend(leases, self.settings.lease_seconds, self.clock())
+            held = await self.store.extend(leases, self.settings.lease_seconds, self.clock())
+            lost = [lease.change_id for lease in leases if lease.change_id not in held]
+            # A lease can be lost while its change waits here (a stall longer than the lease):
+            # another worker owns it now, so this one must not send it.
+            lost = [change_id for change_id in lost if self._held.pop(change_id, None)]
+            self._lost(lost)
 
     async def close(self) -> None:
         """Leave the worker registry."""

@@ -122,9 +122,12 @@ class Store:
                 sync_workers.c.heartbeat_at < now - timedelta(seconds=dead_after)
             )
             taken_over = sa.or_(taken_over, c.lease_owner.in_(dead))
+        expired = sa.select(c.id).where(c.state == State.IN_FLIGHT, taken_over).order_by(c.id)
+        if self.dialect == "postgresql":
+            expired = expired.with_for_update()  # locked in ID order, like every other writer
         result = await conn.execute(
             sa.update(sync_changes)
-            .where(c.state == State.IN_FLIGHT, taken_over)
+            .where(c.id.in_(expired.scalar_subquery()))
             .values(
                 state=State.PENDING,
                 lease_owner=None,
@@ -203,24 +206,23 @@ class Store:
         rows.sort(key=lambda row: row.id)
         return rows
 
-    async def extend(self, leases: Sequence[Lease], lease_seconds: float, now: datetime) -> int:
-        """Push the expiry of still-held leases forward; returns how many were still held."""
+    async def extend(
+        self, leases: Sequence[Lease], lease_seconds: float, now: datetime
+    ) -> set[int]:
+        """Push the expiry of still-held leases forward, in one statement; return those held."""
         if not leases:
-            return 0
+            return set()
+        held = sa.tuple_(c.id, c.lease_token).in_(
+            sorted((lease.change_id, lease.token) for lease in leases)
+        )
         async with translate_errors("extending leases"), self.engine.begin() as conn:
-            held = 0
-            for lease in leases:
-                result = await conn.execute(
-                    sa.update(sync_changes)
-                    .where(
-                        c.id == lease.change_id,
-                        c.lease_token == lease.token,
-                        c.state == State.IN_FLIGHT,
-                    )
-                    .values(lease_expires_at=now + timedelta(seconds=lease_seconds))
-                )
-                held += result.rowcount
-            return held
+            result = await conn.execute(
+                sa.update(sync_changes)
+                .where(held, c.state == State.IN_FLIGHT)
+                .values(lease_expires_at=now + timedelta(seconds=lease_seconds))
+                .returning(c.id)
+            )
+            return set(result.scalars().all())
 
     async def write_back(self, results: Sequence[Result], now: datetime) -> list[int]:
         """Record results in one transaction; return the IDs whose lease had been lost.
@@ -239,6 +241,8 @@ class Store:
             tokens = {row.id: row.lease_token for row in await conn.execute(current)}
             held = [res for res in results if tokens.get(res.change_id) == res.lease_token]
             if held:
+                # Ascending IDs, as every writer locks rows: concurrent writers cannot deadlock.
+                held.sort(key=lambda res: res.change_id)
                 await conn.execute(_WRITE_BACK, [_write_back_params(res, now) for res in held])
         return [res.change_id for res in results if tokens.get(res.change_id) != res.lease_token]
 
@@ -248,7 +252,7 @@ class Store:
             return 0
         async with translate_errors("releasing changes"), self.engine.begin() as conn:
             released = 0
-            for lease in leases:
+            for lease in sorted(leases, key=lambda lease: lease.change_id):
                 result = await conn.execute(
                     sa.update(sync_changes)
                     .where(

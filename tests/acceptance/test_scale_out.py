@@ -13,7 +13,7 @@ import pytest
 
 from .conftest import TOKEN, Cli, SandboxProcess, start_sandbox, stop, wait_for
 
-pytestmark = pytest.mark.postgres
+pytestmark = [pytest.mark.postgres, pytest.mark.timeout(300)]
 
 WORKSPACES = 1200
 PER_WORKSPACE = 10
@@ -118,6 +118,10 @@ def test_four_workers_share_one_queue_and_one_budget(cli: Cli, pg_url: str) -> N
         for w in (1, WORKSPACES // 2, WORKSPACES):
             assert inspect(sandbox, f"workspaces/{w}")["title"] == titles[w]
     finally:
+        for process in locals().get("workers", []):
+            if process.poll() is None:
+                process.kill()
+                process.communicate()
         stop(sandbox.process)
 
 
@@ -129,8 +133,8 @@ def test_a_killed_worker_s_changes_finish_on_the_others(cli: Cli, pg_url: str) -
             cli,
             pg_url,
             sandbox,
-            KANTATA_SYNC_LEASE_SECONDS="3",
-            KANTATA_SYNC_RETRY_MAX_DELAY="5",
+            KANTATA_SYNC_LEASE_SECONDS="10",
+            KANTATA_SYNC_RETRY_MAX_DELAY="12",
         )
         cli("db", "upgrade", env=env)
         cli("enqueue", "-f", "changes.jsonl", env=env)
@@ -151,14 +155,16 @@ def test_a_killed_worker_s_changes_finish_on_the_others(cli: Cli, pg_url: str) -
         )
         assert held, "no worker held changes when the victim was killed"
         workers[0].send_signal(signal.SIGKILL)
+        errors = []
         for process in workers:
             try:
-                process.communicate(timeout=300)
+                errors.append(process.communicate(timeout=300)[1])
             except subprocess.TimeoutExpired:
                 process.kill()
                 raise
         assert workers[0].returncode == -signal.SIGKILL
-        assert all(p.returncode == 0 for p in workers[1:])
+        for process, err in zip(workers[1:], errors[1:], strict=True):
+            assert process.returncode == 0, err[-2000:]
 
         total = WORKSPACES * PER_WORKSPACE
         states = query(pg_url, "SELECT state, count(*) AS n FROM sync_changes GROUP BY state")
@@ -176,4 +182,8 @@ def test_a_killed_worker_s_changes_finish_on_the_others(cli: Cli, pg_url: str) -
         for w in (1, WORKSPACES // 2, WORKSPACES):
             assert inspect(sandbox, f"workspaces/{w}")["title"] == titles[w]
     finally:
+        for process in locals().get("workers", []):
+            if process.poll() is None:
+                process.kill()
+                process.communicate()
         stop(sandbox.process)

@@ -131,7 +131,7 @@ async def test_extend_keeps_a_lease_alive(store: Store) -> None:
     held = await store.extend(
         [Lease(claimed.id, claimed.lease_token)], 60, NOW + timedelta(seconds=4)
     )
-    assert held == 1
+    assert held == {claimed.id}
     assert await store.claim("x", limit=1, lease_seconds=5, now=NOW + timedelta(seconds=30)) == []
 
 
