@@ -1,0 +1,167 @@
+"""2. Rate-limit fidelity: a 200 requests/s budget against a sandbox enforcing the same limit.
+
+The sandbox answers 429 to any request that would put more than the budget in one second. The
+achieved rate is counted on the sandbox's side (accepted requests between two reads of its
+statistics), over a 30 s window that starts 2 s after the first request. Then the same with 4
+workers on PostgreSQL sharing the budget: through the database (``sync_rate_limits``) when the
+worker uses it, otherwise with a stand-in of budget/4 configured per worker.
+"""
+
+from __future__ import annotations
+
+import time
+
+from harness import (
+    BenchError,
+    Context,
+    Database,
+    Finding,
+    Outcome,
+    Sandbox,
+    Table,
+    WorkerProcess,
+    check_exit,
+    database,
+    fmt_pct,
+    log,
+    run_worker,
+    sandbox,
+    worker_env,
+)
+from workloads import cycle_rows
+
+BUDGET = 200
+TARGET = 0.97
+WARMUP = 2.0
+WORKSPACES = 2000
+
+
+def _accepted(stats: dict[str, object]) -> int:
+    total, throttled = stats["total"], stats["total_429"]
+    assert isinstance(total, int) and isinstance(throttled, int)
+    return total - throttled
+
+
+def shared_budget_in_use(db: Database, sb: Sandbox, ctx: Context) -> bool:
+    """Whether workers share one budget through the database: a short probe run tells."""
+    if not db.has_table("sync_rate_limits"):
+        return False
+    db.seed((w, "workspace_update", '{"title": "probe"}') for w in range(1, 6))
+    run_worker(worker_env(db.url, sb.url, rate_limit=BUDGET), ctx.tmp)
+    return int(db.query("SELECT count(*) FROM sync_rate_limits")[0][0]) > 0
+
+
+def measure(ctx: Context) -> Outcome:
+    seconds = 6.0 if ctx.quick else 30.0
+    windows = 2 if ctx.quick else 3
+    outcome = Outcome()
+    detail = Table(
+        f"Rate-limit fidelity: budget {BUDGET}/s, sandbox strict at {BUDGET}/s, "
+        f"{seconds:.0f} s window",
+        [
+            "config",
+            "window",
+            "accepted",
+            "seconds",
+            "achieved/s",
+            "of budget",
+            "429s (whole run)",
+            "busiest second (accepted, received)",
+        ],
+    )
+    configs = [("sqlite", 1)] + ([("postgresql", 4)] if ctx.postgres else [])
+    for backend, workers in configs:
+        label = f"{workers} worker{'s' if workers > 1 else ''}, {backend}"
+        log(f"fidelity: {label}")
+        passes = 4 * max(1, round(BUDGET * (seconds + WARMUP + 10) / WORKSPACES / 4 + 0.5))
+        with sandbox(WORKSPACES, rate_limit=BUDGET) as sb, database(backend, ctx.tmp) as db:
+            per_worker: float = BUDGET
+            if workers > 1:
+                if shared_budget_in_use(db, sb, ctx):
+                    label += ", shared budget"
+                else:
+                    per_worker = BUDGET / workers
+                    label += f", stand-in {per_worker:g}/s each"
+                    detail.notes.append(
+                        f"{label}: the worker does not share the budget through the database "
+                        f"(no sync_rate_limits row after a probe run), so each worker was "
+                        f"configured with {per_worker:g}/s"
+                    )
+            db.seed(cycle_rows(WORKSPACES, passes, tag="fidelity"))
+            sb.reset_stats()
+            procs = [
+                WorkerProcess(
+                    worker_env(
+                        db.url,
+                        sb.url,
+                        rate_limit=per_worker,
+                        concurrency=ctx.concurrency,
+                        name=f"bench-{i}",
+                    ),
+                    ctx.tmp,
+                )
+                for i in range(workers)
+            ]
+            try:
+                deadline = time.monotonic() + 30
+                while sb.stats()["total"] == 0:
+                    if time.monotonic() > deadline:
+                        raise BenchError("no request reached the sandbox within 30 s")
+                    time.sleep(0.05)
+                time.sleep(WARMUP)
+                marks = [(time.monotonic(), _accepted(sb.stats()))]
+                for k in range(1, windows + 1):
+                    time.sleep(max(0.0, marks[0][0] + seconds * k / windows - time.monotonic()))
+                    marks.append((time.monotonic(), _accepted(sb.stats())))
+            finally:
+                for proc in procs:
+                    proc.stop()
+                results = [proc.wait(60) for proc in procs]
+            for result in results:
+                check_exit(result)
+            stats = sb.stats()
+            remaining = db.state_counts().get("pending", 0)
+        if remaining == 0:
+            raise BenchError(f"{label}: the queue drained before the window ended")
+        throttled = int(stats["total_429"])
+        busiest = f"{stats['max_accepted_per_second']}, {stats['max_received_per_second']}"
+        for k in range(1, len(marks)):
+            (t0, a0), (t1, a1) = marks[k - 1], marks[k]
+            rate = (a1 - a0) / (t1 - t0)
+            detail.add(
+                label,
+                f"{k}/{windows}",
+                a1 - a0,
+                f"{t1 - t0:.2f}",
+                f"{rate:.1f}",
+                fmt_pct(rate / BUDGET),
+                "",
+                "",
+            )
+        (t0, a0), (t1, a1) = marks[0], marks[-1]
+        rate = (a1 - a0) / (t1 - t0)
+        detail.add(
+            label,
+            "whole",
+            a1 - a0,
+            f"{t1 - t0:.2f}",
+            f"{rate:.1f}",
+            fmt_pct(rate / BUDGET),
+            throttled,
+            busiest,
+        )
+        outcome.findings.append(
+            Finding(
+                f"2. Rate-limit fidelity, {label}",
+                f"{rate:.1f}/s = {fmt_pct(rate / BUDGET)} of {BUDGET}/s over {t1 - t0:.0f} s; "
+                f"{throttled} x 429",
+                f">= {TARGET:.0%}, 0 x 429",
+                rate >= TARGET * BUDGET and throttled == 0,
+            )
+        )
+    detail.notes.append(
+        "accepted = requests the sandbox did not answer 429, read from its statistics; "
+        "'busiest second' is the sandbox's maximum over every one-second window of the run"
+    )
+    outcome.tables.append(detail)
+    return outcome
