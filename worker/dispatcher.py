@@ -38,7 +38,7 @@ from .client import (
 )
 from .config import Settings
 from .coordination import Coordinator
-from .exceptions import InputError, StepAbandoned, TokenRejected
+from .exceptions import InputError, StepAbandoned, SyncError, TokenRejected
 from .logging import get_logger
 from .metrics import Metrics
 from .planner import Step, WorkspacePlan, plan
@@ -124,6 +124,7 @@ class Dispatcher:
         self._stats = RunStats()
         self._run_id = ""
         self._token_rejected: TokenRejected | None = None
+        self._fatal: SyncError | None = None
 
     async def run(self, stop: asyncio.Event | None = None, *, command: str = "run") -> RunReport:
         """Sync until nothing due is left (or ``stop`` is set); return the run's report."""
@@ -132,6 +133,7 @@ class Dispatcher:
         self._stats = RunStats()
         self.steps.run_id, self.steps.stats = self._run_id, self._stats
         self._token_rejected = None
+        self._fatal = None
         started = time.monotonic()
         await self.register(command)
         await self.store.start_run(self._run_id, self.owner, command, self.clock())
@@ -159,6 +161,8 @@ class Dispatcher:
                 lost_leases=self._stats.lost_leases,
                 outcomes=self._stats.by_outcome,
             )
+        if self._fatal is not None:
+            raise self._fatal
         return RunReport(self._run_id, self._stats, ended_because, duration)
 
     async def _loop(self, stop: asyncio.Event) -> str:
@@ -173,7 +177,7 @@ class Dispatcher:
         low_water = max(self.settings.concurrency * 2, 1)
         ended_because = "drained"
         try:
-            while not stop.is_set() and self._token_rejected is None:
+            while not stop.is_set() and self._token_rejected is None and self._fatal is None:
                 if queue.qsize() >= low_water:
                     await _wait_any(stop, halt, seconds=0.05)
                     continue
@@ -191,7 +195,9 @@ class Dispatcher:
                     break
                 # An empty claim never spins: wait a little even when something looks due.
                 await _wait_any(stop, halt, seconds=min(max(wait, MIN_IDLE_WAIT), 1.0))
-            if self._token_rejected is not None:
+            if self._fatal is not None:
+                ended_because = "error"
+            elif self._token_rejected is not None:
                 ended_because = "token_rejected"
             elif stop.is_set():
                 ended_because = "stopped"
@@ -279,7 +285,15 @@ class Dispatcher:
                 self._release_plan(workspace_plan)
                 continue
             with bound_contextvars(workspace_id=workspace_plan.workspace_id):
-                await self._run_plan(workspace_plan, halt)
+                try:
+                    await self._run_plan(workspace_plan, halt)
+                except SyncError as exc:
+                    # A failed write (the database went away) must end the run, not leave this
+                    # plan's leases held and extended for ever.
+                    self.log.error("run.worker_failed", error=str(exc))
+                    self._fatal = self._fatal or exc
+                    halt.set()
+                    self._release_plan(workspace_plan)
 
     async def _run_plan(self, workspace_plan: WorkspacePlan, halt: asyncio.Event) -> None:
         for index, step in enumerate(workspace_plan.steps):

@@ -215,6 +215,10 @@ class Store:
         held = sa.tuple_(c.id, c.lease_token).in_(
             sorted((lease.change_id, lease.token) for lease in leases)
         )
+        if self.dialect == "postgresql":
+            # Lock in ID order, as every other writer does, so that writers never deadlock.
+            locked = sa.select(c.id).where(held).order_by(c.id).with_for_update()
+            held = c.id.in_(locked.scalar_subquery())
         async with translate_errors("extending leases"), self.engine.begin() as conn:
             result = await conn.execute(
                 sa.update(sync_changes)

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
 import sqlalchemy as sa
 from structlog.contextvars import merge_contextvars
 from structlog.testing import capture_logs
 
 from worker.changes import State
+from worker.exceptions import DatabaseError
 from worker.models import sync_attempts
 from worker.sandbox import FaultConfig
 from worker.sandbox.faults import FaultKind
@@ -308,3 +310,35 @@ async def test_requests_waiting_for_the_limiter_are_not_sent_after_a_401(
     assert sandbox.state.stats.count(status=401) <= 2
     rows = await all_rows(sqlite_store)
     assert {(rows[i]["state"], rows[i]["attempts"]) for i in ids} == {("pending", 0)}
+
+
+class FailingStore(Store):
+    """A store whose write-back breaks after the first batch, as when the database goes away."""
+
+    calls = 0
+
+    async def write_back(self, results, now):  # type: ignore[no-untyped-def]
+        self.calls += 1
+        if self.calls > 1:
+            raise DatabaseError("writing results back: connection lost")
+        return await super().write_back(results, now)
+
+
+async def test_a_failed_write_ends_the_run_instead_of_hanging(
+    sqlite_store: Store, sandbox: SandboxHandle
+) -> None:
+    failing = FailingStore(sqlite_store.engine)
+    changes = []
+    for w in range(1, 31):
+        changes += [update(w, title="a"), status(w, 310), update(w, title="b")]
+    await failing.enqueue(changes)
+    async with dispatcher_for(failing, sandbox) as dispatcher:
+        with pytest.raises(DatabaseError, match="connection lost"):
+            await asyncio.wait_for(dispatcher.run(), timeout=30)
+    rows = await all_rows(sqlite_store)
+    # Nothing failed for good; changes whose result could not be written stay leased (a dead
+    # database can be told nothing) and come back when the lease expires.
+    assert "failed" not in {r["state"] for r in rows.values()}
+    stuck = [r for r in rows.values() if r["state"] == "in_flight"]
+    assert all(r["lease_expires_at"] is not None for r in stuck)
+    assert len(stuck) < len(rows)
