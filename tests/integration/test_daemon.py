@@ -291,15 +291,28 @@ async def test_a_stop_that_comes_while_polling_ends_serve_at_once_and_starts_not
     daemon = make_daemon(sqlite_store, sandbox, poll_interval=120.0)
     task = asyncio.create_task(daemon.run())
     await asyncio.wait_for(daemon.ready.wait(), 30)
-    await sqlite_store.enqueue([update(1, title="due")])
-    blocker = sqlite3.connect(str(sqlite_store.engine.url.database), isolation_level=None)
+    blocker = sqlite3.connect(
+        str(sqlite_store.engine.url.database),
+        isolation_level=None,
+        timeout=20,
+        check_same_thread=False,
+    )
     try:
-        blocker.execute("BEGIN IMMEDIATE")  # the daemon's next poll waits for this lock
+        # Taken from a thread: on the loop's own thread the lock would wait for a daemon
+        # transaction that the blocked loop could never finish. The change is inserted under
+        # the same lock, so the first poll cannot see it whenever that poll runs; any later
+        # poll waits for the lock, and the stop comes while it waits.
+        await asyncio.to_thread(blocker.execute, "BEGIN IMMEDIATE")
+        await asyncio.to_thread(
+            blocker.execute,
+            "INSERT INTO sync_changes (workspace_id, kind, payload) VALUES (?, ?, ?)",
+            (1, "workspace_update", '{"title": "due"}'),
+        )
         daemon.wake.set()
         await asyncio.sleep(0.3)
         daemon.request_stop("test")
         await asyncio.sleep(0.1)
-        blocker.execute("ROLLBACK")
+        await asyncio.to_thread(blocker.execute, "COMMIT")
     finally:
         blocker.close()
     await asyncio.wait_for(task, 20)  # not after the 120 s poll interval
