@@ -38,7 +38,7 @@ from .client import (
 )
 from .config import Settings
 from .coordination import Coordinator
-from .exceptions import InputError, StepAbandoned, SyncError, TokenRejected
+from .exceptions import DatabaseError, InputError, StepAbandoned, SyncError, TokenRejected
 from .logging import get_logger
 from .metrics import Metrics
 from .planner import Step, WorkspacePlan, plan
@@ -103,7 +103,7 @@ class Dispatcher:
         self.clock = clock
         self.log = get_logger()
         self.on_progress: Callable[[int], None] | None = None
-        self._buffer = WriteBuffer(store, clock)
+        self._buffer = WriteBuffer(store, clock, self._lost)
         self.steps = StepRunner(
             client=client,
             settings=settings,
@@ -172,7 +172,9 @@ class Dispatcher:
             asyncio.create_task(self._work(queue, halt)) for _ in range(self.settings.concurrency)
         ]
         flushing_done = asyncio.Event()
-        flusher = asyncio.create_task(self._buffer.flush_periodically(flushing_done, self._lost))
+        flusher = asyncio.create_task(
+            self._buffer.flush_periodically(flushing_done, self._flush_failed)
+        )
         heartbeat = asyncio.create_task(self._extend_leases_periodically())
         low_water = max(self.settings.concurrency * 2, 1)
         ended_because = "drained"
@@ -296,7 +298,15 @@ class Dispatcher:
                     self._release_plan(workspace_plan)
 
     async def _run_plan(self, workspace_plan: WorkspacePlan, halt: asyncio.Event) -> None:
+        status_mark: int | None = None
         for index, step in enumerate(workspace_plan.steps):
+            if status_mark is not None and step.sets_status:
+                # A status change goes only once the workspace's previous one is durable.
+                # After a crash, changes whose results were not written are sent again, in
+                # order: a PUT is idempotent and a repeated status change is caught by its
+                # same-status answer and read back, but re-sending an earlier status change
+                # after a later one had landed would apply it a second time.
+                await self._buffer.durable(status_mark)
             if halt.is_set():
                 self._release_steps(workspace_plan.steps[index:])
                 return
@@ -320,16 +330,12 @@ class Dispatcher:
             if not keep_going:
                 self._release_steps(workspace_plan.steps[index + 1 :])
                 return
-            if index + 1 < len(workspace_plan.steps):
-                # The next step goes only once this one's result is durable: after a crash at
-                # most the last sent step of a workspace is sent again, which is safe (a PUT is
-                # idempotent, a status change is read back). Re-sending an earlier status
-                # change after a later one had landed would apply it a second time.
-                await self.flush()
+            if step.sets_status:
+                status_mark = self._buffer.mark
 
     def _finish(self, result: Result, *, kind: str) -> None:
         self._release_lease(result.change_id)
-        self._buffer.results.append(result)
+        self._buffer.result(result)
         state = result.state
         if state is State.SUCCEEDED:
             self._stats.succeeded += 1
@@ -352,7 +358,7 @@ class Dispatcher:
             for change in step.changes:
                 lease = self._held.pop(change.id, None)
                 if lease is not None:
-                    self._buffer.releases.append(lease)
+                    self._buffer.release(lease)
 
     def _release_plan(self, workspace_plan: WorkspacePlan) -> None:
         self._release_steps(workspace_plan.steps)
@@ -366,7 +372,13 @@ class Dispatcher:
 
     async def flush(self) -> None:
         """Write buffered results, releases and attempt records now."""
-        self._lost(await self._buffer.flush())
+        await self._buffer.flush()
+
+    def _flush_failed(self, exc: DatabaseError) -> None:
+        """The database stayed unusable: end the run (what is buffered stays buffered)."""
+        self.log.error("run.write_back_failed", error=str(exc))
+        self._fatal = self._fatal or exc
+        self._halt.set()
 
     def _lost(self, change_ids: list[int]) -> None:
         if change_ids:
@@ -393,7 +405,7 @@ class Dispatcher:
             await self.coordinator.heartbeat(self.owner, self.clock())
         leases = list(self._held.values())
         if leases:
-            held = await self.store.extend(leases, self.settings.lease_seconds, self.clock())
+            held = await self._buffer.extend(leases, self.settings.lease_seconds)
             lost = [lease.change_id for lease in leases if lease.change_id not in held]
             # A lease can be lost while its change waits here (a stall longer than the lease):
             # another worker owns it now, so this one must not send it.

@@ -30,6 +30,11 @@ class PutStep:
     def change_ids(self) -> tuple[int, ...]:
         return tuple(change.id for change in self.changes)
 
+    @property
+    def sets_status(self) -> bool:
+        """A PUT may carry ``status_key``: then it changes the status like a status change."""
+        return "status_key" in self.fields
+
 
 @dataclass(frozen=True, slots=True)
 class StatusStep:
@@ -46,6 +51,10 @@ class StatusStep:
     @property
     def change_ids(self) -> tuple[int, ...]:
         return (self.change.id,)
+
+    @property
+    def sets_status(self) -> bool:
+        return True
 
 
 Step = PutStep | StatusStep

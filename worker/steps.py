@@ -172,7 +172,7 @@ class StepRunner:
             self.limiter.on_throttled(answer.retry_after)
         self.metrics.requests.labels(endpoint, str(status) if status else "none").inc()
         self.metrics.request_duration.labels(endpoint).observe(duration_ms / 1000)
-        self.buffer.attempts.append(
+        self.buffer.attempt(
             AttemptRecord(
                 self.run_id,
                 step.change_ids,
@@ -236,7 +236,7 @@ class StepRunner:
                 self.stats.retried += 1
                 self.metrics.retries.inc()
                 self.forget(change.id)
-                self.buffer.results.append(
+                self.buffer.result(
                     Result(
                         change.id,
                         change.lease_token,
@@ -274,7 +274,7 @@ class StepRunner:
             if not self.holds(change.id):
                 continue
             self.forget(change.id)
-            self.buffer.results.append(
+            self.buffer.result(
                 Result(
                     change.id,
                     change.lease_token,

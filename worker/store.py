@@ -11,14 +11,14 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from .batches import BatchStatements
 from .changes import (
-    FINAL_STATES,
     AttemptRecord,
     ClaimedRow,
     Lease,
@@ -28,7 +28,7 @@ from .changes import (
     State,
 )
 from .db import translate_errors
-from .models import UTCDateTime, sync_attempts, sync_changes, sync_runs, sync_workers
+from .models import sync_changes, sync_runs, sync_workers
 
 c = sync_changes.c
 CLAIM_LOCK_KEY = 0x6B616E74  # serialises claims on PostgreSQL: workspaces never in two hands
@@ -70,6 +70,7 @@ class Store:
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
         self.dialect = engine.dialect.name
+        self._batch = BatchStatements(self.dialect)
 
     def _text(self, column: sa.Column[Any]) -> sa.ColumnElement[Any]:
         # SQLite lets producers store bytes that are not UTF-8 in a TEXT column, and the driver
@@ -228,72 +229,62 @@ class Store:
             )
             return set(result.scalars().all())
 
-    async def write_back(self, results: Sequence[Result], now: datetime) -> list[int]:
-        """Record results in one transaction; return the IDs whose lease had been lost.
+    async def write_batch(
+        self,
+        results: Sequence[Result],
+        releases: Sequence[Lease],
+        attempts: Sequence[AttemptRecord],
+        now: datetime,
+    ) -> list[int]:
+        """Results, releases and attempt records in one transaction; return the lost IDs.
 
-        Two statements whatever the batch: read the fencing tokens of the rows (locked), then
-        one executemany UPDATE of those still held, itself fenced by the same conditions.
+        Results and releases are fenced: a row is written only while it is still in flight
+        under the lease token it was claimed with. The IDs of results that were not written
+        (their lease was taken over) come back, in the order given.
         """
-        if not results:
+        if not (results or releases or attempts):
             return []
+        batch = self._batch
+        written: set[int] = set()
         async with translate_errors("writing results back"), self.engine.begin() as conn:
-            current = sa.select(c.id, c.lease_token).where(
-                c.id.in_([res.change_id for res in results]), c.state == State.IN_FLIGHT
-            )
-            if self.dialect == "postgresql":
-                current = current.order_by(c.id).with_for_update()
-            tokens = {row.id: row.lease_token for row in await conn.execute(current)}
-            held = [res for res in results if tokens.get(res.change_id) == res.lease_token]
-            if held:
-                # Ascending IDs, as every writer locks rows: concurrent writers cannot deadlock.
-                held.sort(key=lambda res: res.change_id)
-                await conn.execute(_WRITE_BACK, [_write_back_params(res, now) for res in held])
-        return [res.change_id for res in results if tokens.get(res.change_id) != res.lease_token]
+            if self.dialect == "postgresql" and (results or releases):
+                # Lock in ID order, as every other writer does, so that writers never deadlock.
+                ids = sorted(
+                    {r.change_id for r in results} | {lease.change_id for lease in releases}
+                )
+                await conn.execute(
+                    sa.select(c.id).where(c.id.in_(ids)).order_by(c.id).with_for_update()
+                )
+            if results:
+                params = {"batch": batch.results(results, now), "now": now}
+                written.update((await conn.execute(batch.write_back, params)).scalars())
+            if releases:
+                params = {"batch": batch.leases(releases), "now": now}
+                await conn.execute(batch.release, params)
+            if attempts:
+                await conn.execute(batch.log_attempts, {"batch": batch.attempts(attempts, now)})
+        return [r.change_id for r in results if r.change_id not in written]
+
+    async def write_back(self, results: Sequence[Result], now: datetime) -> list[int]:
+        """Record results in one transaction; return the IDs whose lease had been lost."""
+        return await self.write_batch(results, (), (), now)
 
     async def release(self, leases: Sequence[Lease], now: datetime) -> int:
         """Return claimed changes to pending untouched: no attempt is charged."""
         if not leases:
             return 0
+        params = {"batch": self._batch.leases(leases), "now": now}
         async with translate_errors("releasing changes"), self.engine.begin() as conn:
-            released = 0
-            for lease in sorted(leases, key=lambda lease: lease.change_id):
-                result = await conn.execute(
-                    sa.update(sync_changes)
-                    .where(
-                        c.id == lease.change_id,
-                        c.lease_token == lease.token,
-                        c.state == State.IN_FLIGHT,
-                    )
-                    .values(
-                        state=State.PENDING,
-                        lease_owner=None,
-                        lease_expires_at=None,
-                        updated_at=now,
-                    )
+            if self.dialect == "postgresql":
+                ids = sorted(lease.change_id for lease in leases)
+                await conn.execute(
+                    sa.select(c.id).where(c.id.in_(ids)).order_by(c.id).with_for_update()
                 )
-                released += result.rowcount
-            return released
+            return len((await conn.execute(self._batch.release, params)).all())
 
     async def log_attempts(self, records: Sequence[AttemptRecord]) -> None:
-        if not records:
-            return
-        rows = [
-            {
-                "run_id": r.run_id,
-                "change_ids": ",".join(str(i) for i in r.change_ids),
-                "workspace_id": r.workspace_id,
-                "endpoint": r.endpoint,
-                "http_status": r.http_status,
-                "duration_ms": round(r.duration_ms, 3),
-                "error_type": r.error_type,
-                "error_message": r.error_message,
-                "request_id": r.request_id,
-                "attempted_at": r.attempted_at,
-            }
-            for r in records
-        ]
-        async with translate_errors("logging attempts"), self.engine.begin() as conn:
-            await conn.execute(sa.insert(sync_attempts), rows)
+        """Append records to the attempt log (a record without a time is stamped now)."""
+        await self.write_batch((), (), records, datetime.now(UTC))
 
     async def start_run(self, run_id: str, worker: str, command: str, now: datetime) -> None:
         async with translate_errors("recording the run"), self.engine.begin() as conn:
@@ -457,51 +448,6 @@ class Store:
                 sa.update(sync_changes).where(*where).values(**values).returning(c.id)
             )
             return sorted(result.scalars().all())
-
-
-_WRITE_BACK = (
-    sa.update(sync_changes)
-    .where(
-        c.id == sa.bindparam("w_id"),
-        c.lease_token == sa.bindparam("w_token"),
-        c.state == State.IN_FLIGHT,
-    )
-    .values(
-        state=sa.bindparam("w_state"),
-        outcome=sa.bindparam("w_outcome"),
-        attempts=sa.bindparam("w_attempts"),
-        http_status=sa.bindparam("w_http_status"),
-        error_type=sa.bindparam("w_error_type"),
-        error_message=sa.bindparam("w_error_message"),
-        error_field=sa.bindparam("w_error_field"),
-        result=sa.bindparam("w_result"),
-        next_attempt_at=sa.bindparam("w_next_attempt_at", type_=UTCDateTime),
-        merged_into_id=sa.bindparam("w_merged_into_id"),
-        lease_owner=None,
-        lease_expires_at=None,
-        updated_at=sa.bindparam("w_updated_at", type_=UTCDateTime),
-        completed_at=sa.bindparam("w_completed_at", type_=UTCDateTime),
-    )
-)
-
-
-def _write_back_params(res: Result, now: datetime) -> dict[str, Any]:
-    return {
-        "w_id": res.change_id,
-        "w_token": res.lease_token,
-        "w_state": str(res.state),
-        "w_outcome": str(res.outcome) if res.outcome is not None else None,
-        "w_attempts": res.attempts,
-        "w_http_status": res.http_status,
-        "w_error_type": res.error_type,
-        "w_error_message": res.error_message,
-        "w_error_field": res.error_field,
-        "w_result": json.dumps(res.result) if res.result is not None else None,
-        "w_next_attempt_at": res.next_attempt_at,
-        "w_merged_into_id": res.merged_into_id,
-        "w_updated_at": now,
-        "w_completed_at": now if res.state in FINAL_STATES else None,
-    }
 
 
 def _blocked_workspaces(now: datetime, *, waiting: bool = True) -> sa.Select[Any]:

@@ -1,9 +1,14 @@
-"""The write-back buffer: results, releases and attempt records, written in batches.
+"""The write-back buffer: results, releases and attempt records, made durable in batches.
 
-Batching keeps the database out of the hot path: one transaction per flush instead of one per
-request. Flushes run one at a time and in order, and the periodic flusher is stopped between
-flushes, never cancelled in the middle of one: a cancelled flush would roll its batch back and
-leave those changes in flight until their leases expired.
+Batching keeps the database out of the hot path: one transaction per flush, whatever it
+carries. Flushes run one at a time and in order. A task that needs its own result durable
+before it goes on (see :meth:`WriteBuffer.durable`) joins the flush in progress or starts the
+next one, so tasks that wait together share one commit (group commit).
+
+A failed flush loses nothing: its batch goes back to the front of the buffer for the next one.
+The periodic flusher rides out a few failures in a row (a deadlock, a dropped connection) and
+reports the error only when the database stays unusable. It is stopped between flushes, never
+cancelled in the middle of one: a cancelled flush would roll its batch back.
 """
 
 from __future__ import annotations
@@ -14,50 +19,119 @@ from collections.abc import Callable
 from datetime import datetime
 
 from .changes import AttemptRecord, Lease, Result
+from .exceptions import DatabaseError
+from .logging import get_logger
 from .store import Store
 
+log = get_logger()
+
 FLUSH_INTERVAL = 0.1
+FLUSH_ATTEMPTS = 5
+"""Consecutive failed periodic flushes (with backoff, about 3 s in all) before giving up."""
 
 
 class WriteBuffer:
-    """Collects what the dispatcher decided; :meth:`flush` makes it durable."""
+    """Collects what the dispatcher decided; :meth:`flush` and :meth:`durable` write it."""
 
-    def __init__(self, store: Store, clock: Callable[[], datetime]) -> None:
+    def __init__(
+        self,
+        store: Store,
+        clock: Callable[[], datetime],
+        on_lost: Callable[[list[int]], None] = lambda _ids: None,
+    ) -> None:
         self.store = store
         self.clock = clock
+        self.on_lost = on_lost
         self.results: list[Result] = []
         self.attempts: list[AttemptRecord] = []
         self.releases: list[Lease] = []
         self.lost: list[int] = []
+        self._added = 0
+        self._durable = 0
         self._lock = asyncio.Lock()
 
     def __bool__(self) -> bool:
         return bool(self.results or self.attempts or self.releases)
 
-    async def flush(self) -> list[int]:
-        """Write everything buffered; return the IDs whose lease had been lost meanwhile."""
+    def result(self, result: Result) -> None:
+        self.results.append(result)
+        self._added += 1
+
+    def attempt(self, record: AttemptRecord) -> None:
+        self.attempts.append(record)
+        self._added += 1
+
+    def release(self, lease: Lease) -> None:
+        self.releases.append(lease)
+        self._added += 1
+
+    @property
+    def mark(self) -> int:
+        """A position in the buffer: everything added so far is durable once it is."""
+        return self._added
+
+    async def durable(self, mark: int) -> None:
+        """Return once everything added before ``mark`` is written.
+
+        Joins a flush already in progress, or starts one: waiters arriving together share
+        one transaction.
+        """
+        while self._durable < mark:
+            async with self._lock:
+                if self._durable < mark:
+                    await self._flush()
+
+    async def flush(self) -> None:
+        """Write everything buffered now."""
         async with self._lock:
-            results, self.results = self.results, []
-            attempts, self.attempts = self.attempts, []
-            releases, self.releases = self.releases, []
-            lost: list[int] = []
-            if results:
-                lost = await self.store.write_back(results, self.clock())
-                self.lost.extend(lost)
-            if releases:
-                await self.store.release(releases, self.clock())
-            if attempts:
-                await self.store.log_attempts(attempts)
-            return lost
+            if self:
+                await self._flush()
+
+    async def _flush(self) -> None:
+        upto = self._added
+        results, self.results = self.results, []
+        attempts, self.attempts = self.attempts, []
+        releases, self.releases = self.releases, []
+        try:
+            lost = await self.store.write_batch(results, releases, attempts, self.clock())
+        except BaseException:
+            # One transaction: nothing of it was written. Keep it, ahead of what came since.
+            self.results[:0] = results
+            self.attempts[:0] = attempts
+            self.releases[:0] = releases
+            raise
+        self._durable = max(self._durable, upto)
+        if lost:
+            self.lost.extend(lost)
+            self.on_lost(lost)
+
+    async def extend(self, leases: list[Lease], lease_seconds: float) -> set[int]:
+        """Extend leases between flushes, never during one (both lock this worker's rows)."""
+        async with self._lock:
+            return await self.store.extend(leases, lease_seconds, self.clock())
 
     async def flush_periodically(
-        self, done: asyncio.Event, on_lost: Callable[[list[int]], None]
+        self, done: asyncio.Event, on_failed: Callable[[DatabaseError], None]
     ) -> None:
-        """Flush every ``FLUSH_INTERVAL`` until ``done`` is set."""
+        """Flush every ``FLUSH_INTERVAL`` until ``done`` is set.
+
+        A failed flush is retried with backoff; after ``FLUSH_ATTEMPTS`` failures in a row
+        ``on_failed`` gets the error and the flusher stops (the buffer keeps the batch).
+        """
+        failures = 0
         while not done.is_set():
+            delay = FLUSH_INTERVAL * 2**failures
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(done.wait(), timeout=FLUSH_INTERVAL)
-            if self:
-                lost = await self.flush()
-                if lost:
-                    on_lost(lost)
+                await asyncio.wait_for(done.wait(), timeout=delay)
+            if not self:
+                continue
+            try:
+                await self.flush()
+            except DatabaseError as exc:
+                failures += 1
+                log.warning("flush.failed", error=str(exc), failures=failures)
+                if failures >= FLUSH_ATTEMPTS:
+                    on_failed(exc)
+                    return
+                continue
+            failures = 0

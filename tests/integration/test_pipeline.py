@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
 from structlog.contextvars import merge_contextvars
 from structlog.testing import capture_logs
 
-from worker.changes import State
+from worker.changes import NewChange, State
 from worker.exceptions import DatabaseError
 from worker.models import sync_attempts
 from worker.sandbox import FaultConfig
@@ -17,6 +18,7 @@ from worker.sandbox.faults import FaultKind
 from worker.sandbox.state import Route
 from worker.sandbox.testing import SandboxHandle
 from worker.store import Store
+from worker.writeback import FLUSH_ATTEMPTS
 
 from .conftest import SandboxFactory
 from .pipeline_helpers import TOKEN, all_rows, dispatcher_for, insert_raw, status, update
@@ -313,28 +315,44 @@ async def test_requests_waiting_for_the_limiter_are_not_sent_after_a_401(
 
 
 class FailingStore(Store):
-    """A store whose write-back breaks after the first batch, as when the database goes away."""
+    """A store whose write-back breaks after ``good`` batches, for ``bad`` batches in a row.
 
-    calls = 0
+    ``bad=None`` means for ever, as when the database goes away.
+    """
 
-    async def write_back(self, results, now):  # type: ignore[no-untyped-def]
+    def __init__(self, engine: Any, *, good: int = 1, bad: int | None = None) -> None:
+        super().__init__(engine)
+        self.good, self.bad = good, bad
+        self.calls = self.failures = 0
+
+    async def write_batch(self, results, releases, attempts, now):  # type: ignore[no-untyped-def]
         self.calls += 1
-        if self.calls > 1:
+        if self.calls > self.good and (self.bad is None or self.failures < self.bad):
+            self.failures += 1
             raise DatabaseError("writing results back: connection lost")
-        return await super().write_back(results, now)
+        return await super().write_batch(results, releases, attempts, now)
+
+
+def _three_steps_each(workspaces: int) -> list[NewChange]:
+    changes = []
+    for w in range(1, workspaces + 1):
+        changes += [update(w, title="a"), status(w, 310), update(w, title="b")]
+    return changes
 
 
 async def test_a_failed_write_ends_the_run_instead_of_hanging(
-    sqlite_store: Store, sandbox: SandboxHandle
+    sqlite_store: Store, sandbox_factory: SandboxFactory
 ) -> None:
     failing = FailingStore(sqlite_store.engine)
-    changes = []
-    for w in range(1, 31):
-        changes += [update(w, title="a"), status(w, 310), update(w, title="b")]
-    await failing.enqueue(changes)
-    async with dispatcher_for(failing, sandbox) as dispatcher:
+    await failing.enqueue(_three_steps_each(30))
+    # Slow answers spread the run over several flushes, so that the second one fails.
+    async with (
+        sandbox_factory(faults=FaultConfig(latency_ms=20)) as sandbox,
+        dispatcher_for(failing, sandbox, concurrency=4) as dispatcher,
+    ):
         with pytest.raises(DatabaseError, match="connection lost"):
             await asyncio.wait_for(dispatcher.run(), timeout=30)
+    assert failing.failures >= FLUSH_ATTEMPTS  # the flusher retried before it gave up
     rows = await all_rows(sqlite_store)
     # Nothing failed for good; changes whose result could not be written stay leased (a dead
     # database can be told nothing) and come back when the lease expires.
@@ -342,3 +360,27 @@ async def test_a_failed_write_ends_the_run_instead_of_hanging(
     stuck = [r for r in rows.values() if r["state"] == "in_flight"]
     assert all(r["lease_expires_at"] is not None for r in stuck)
     assert len(stuck) < len(rows)
+
+
+async def test_a_write_that_fails_once_is_retried_and_nothing_is_lost(
+    sqlite_store: Store, sandbox_factory: SandboxFactory
+) -> None:
+    flaky = FailingStore(sqlite_store.engine, good=1, bad=2)
+    ids = await flaky.enqueue(_three_steps_each(30))
+    with capture_logs() as logs:
+        async with (
+            sandbox_factory(faults=FaultConfig(latency_ms=20)) as sandbox,
+            dispatcher_for(flaky, sandbox, concurrency=4) as dispatcher,
+        ):
+            report = await asyncio.wait_for(dispatcher.run(), timeout=30)
+    assert flaky.failures == 2
+    assert [e["failures"] for e in logs if e["event"] == "flush.failed"] == [1, 2]
+    assert report.ended_because == "drained"
+    rows = await all_rows(sqlite_store)
+    assert {rows[i]["state"] for i in ids} == {"succeeded"}
+    # Every request was logged once, none twice, although two flushes carrying them failed.
+    async with sqlite_store.engine.connect() as conn:
+        logged = (
+            await conn.execute(sa.select(sa.func.count()).select_from(sync_attempts))
+        ).scalar()
+    assert logged == report.stats.requests == sandbox.state.stats.count()

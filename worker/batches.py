@@ -1,0 +1,194 @@
+"""Batched writes, one statement each: the rows travel as a single JSON parameter.
+
+A flush writes hundreds of results, releases and attempt records. Handing them to the database
+as one JSON array that it unpacks itself (``json_each`` on SQLite, ``jsonb_to_recordset`` on
+PostgreSQL) costs one ``json.dumps`` in Python, where an executemany would run SQLAlchemy's
+parameter processing once per row on the event loop. The statements are built once per dialect;
+the JSON is the only thing that varies, and it is still a bound parameter.
+
+Timestamps inside the JSON are written the way each dialect stores :class:`UTCDateTime`: naive
+UTC text on SQLite (the format SQLAlchemy uses, so that stored values compare as text), ISO 8601
+with an offset on PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql
+
+from .changes import FINAL_STATES, AttemptRecord, Lease, Result, State
+from .models import UTCDateTime, sync_attempts, sync_changes
+
+c = sync_changes.c
+
+RESULT_FIELDS: tuple[tuple[str, sa.types.TypeEngine[Any]], ...] = (
+    ("id", sa.BigInteger()),
+    ("token", sa.BigInteger()),
+    ("state", sa.Text()),
+    ("outcome", sa.Text()),
+    ("attempts", sa.Integer()),
+    ("http_status", sa.Integer()),
+    ("error_type", sa.Text()),
+    ("error_message", sa.Text()),
+    ("error_field", sa.Text()),
+    ("result", sa.Text()),
+    ("next_attempt_at", sa.DateTime(timezone=True)),
+    ("merged_into_id", sa.BigInteger()),
+    ("completed_at", sa.DateTime(timezone=True)),
+)
+LEASE_FIELDS: tuple[tuple[str, sa.types.TypeEngine[Any]], ...] = (
+    ("id", sa.BigInteger()),
+    ("token", sa.BigInteger()),
+)
+ATTEMPT_FIELDS: tuple[tuple[str, sa.types.TypeEngine[Any]], ...] = (
+    ("run_id", sa.Text()),
+    ("change_ids", sa.Text()),
+    ("workspace_id", sa.BigInteger()),
+    ("endpoint", sa.Text()),
+    ("http_status", sa.Integer()),
+    ("duration_ms", sa.Float()),
+    ("error_type", sa.Text()),
+    ("error_message", sa.Text()),
+    ("request_id", sa.Text()),
+    ("attempted_at", sa.DateTime(timezone=True)),
+)
+
+
+def sqlite_timestamp(value: datetime) -> str:
+    """``value`` as SQLite stores a :class:`UTCDateTime`: naive UTC, microseconds always."""
+    return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
+
+
+def postgres_timestamp(value: datetime) -> str:
+    return value.astimezone(UTC).isoformat()
+
+
+class BatchStatements:
+    """The write-back, release and attempt-log statements for one dialect."""
+
+    def __init__(self, dialect: str) -> None:
+        self.dialect = dialect
+        self._timestamp = sqlite_timestamp if dialect == "sqlite" else postgres_timestamp
+        now = sa.bindparam("now", type_=UTCDateTime)
+        results = self._rows(RESULT_FIELDS)
+        in_flight: sa.ColumnElement[bool] = c.state == State.IN_FLIGHT
+        if dialect == "sqlite":
+            # ``state || ''`` keeps SQLite off the state index, so that it walks the batch and
+            # finds each row by its ID instead of probing the batch for every in-flight row.
+            in_flight = c.state.concat("") == State.IN_FLIGHT
+        self.write_back = (
+            sa.update(sync_changes)
+            .where(c.id == results.c.id, c.lease_token == results.c.token, in_flight)
+            .values(
+                state=results.c.state,
+                outcome=results.c.outcome,
+                attempts=results.c.attempts,
+                http_status=results.c.http_status,
+                error_type=results.c.error_type,
+                error_message=results.c.error_message,
+                error_field=results.c.error_field,
+                result=results.c.result,
+                next_attempt_at=results.c.next_attempt_at,
+                merged_into_id=results.c.merged_into_id,
+                lease_owner=None,
+                lease_expires_at=None,
+                updated_at=now,
+                completed_at=results.c.completed_at,
+            )
+            .returning(c.id)
+        )
+        leases = self._rows(LEASE_FIELDS)
+        self.release = (
+            sa.update(sync_changes)
+            .where(c.id == leases.c.id, c.lease_token == leases.c.token, in_flight)
+            .values(
+                state=State.PENDING,
+                lease_owner=None,
+                lease_expires_at=None,
+                updated_at=now,
+            )
+            .returning(c.id)
+        )
+        attempts = self._rows(ATTEMPT_FIELDS)
+        self.log_attempts = sa.insert(sync_attempts).from_select(
+            [name for name, _ in ATTEMPT_FIELDS],
+            sa.select(*(attempts.c[name] for name, _ in ATTEMPT_FIELDS)),
+        )
+
+    def _rows(self, fields: tuple[tuple[str, sa.types.TypeEngine[Any]], ...]) -> Any:
+        """The JSON parameter ``batch`` as a table with ``fields`` as columns."""
+        batch = sa.bindparam("batch", type_=sa.Text())
+        if self.dialect == "postgresql":
+            return (
+                sa.func.jsonb_to_recordset(sa.cast(batch, postgresql.JSONB))
+                .table_valued(*(sa.column(name, type_) for name, type_ in fields))
+                .render_derived(name="batch_rows", with_types=True)
+            )
+        each = sa.func.json_each(batch).table_valued("value").alias("batch_rows")
+        columns = [
+            sa.func.json_extract(each.c.value, f"$.{name}", type_=type_).label(name)
+            for name, type_ in fields
+        ]
+        return sa.select(*columns).select_from(each).subquery("batch_rows")
+
+    def results(self, results: Sequence[Result], now: datetime) -> str:
+        completed = self._timestamp(now)
+        ts = self._timestamp
+        return _dumps(
+            [
+                {
+                    "id": r.change_id,
+                    "token": r.lease_token,
+                    "state": str(r.state),
+                    "outcome": str(r.outcome) if r.outcome is not None else None,
+                    "attempts": r.attempts,
+                    "http_status": r.http_status,
+                    "error_type": r.error_type,
+                    "error_message": r.error_message,
+                    "error_field": r.error_field,
+                    "result": _dumps(r.result) if r.result is not None else None,
+                    "next_attempt_at": ts(r.next_attempt_at) if r.next_attempt_at else None,
+                    "merged_into_id": r.merged_into_id,
+                    "completed_at": completed if r.state in FINAL_STATES else None,
+                }
+                for r in results
+            ]
+        )
+
+    def leases(self, leases: Sequence[Lease]) -> str:
+        return _dumps([{"id": lease.change_id, "token": lease.token} for lease in leases])
+
+    def attempts(self, records: Sequence[AttemptRecord], now: datetime) -> str:
+        ts = self._timestamp
+        return _dumps(
+            [
+                {
+                    "run_id": r.run_id,
+                    "change_ids": ",".join(map(str, r.change_ids)),
+                    "workspace_id": r.workspace_id,
+                    "endpoint": r.endpoint,
+                    "http_status": r.http_status,
+                    "duration_ms": round(r.duration_ms, 3),
+                    "error_type": r.error_type,
+                    "error_message": r.error_message,
+                    "request_id": r.request_id,
+                    "attempted_at": ts(r.attempted_at or now),
+                }
+                for r in records
+            ]
+        )
+
+
+def _dumps(value: object) -> str:
+    text = json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        # A lone surrogate (from a ``\\ud800`` escape in an answer) cannot be stored as text.
+        text = text.encode("utf-8", "replace").decode("utf-8")
+    return text
