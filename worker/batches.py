@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
+import orjson
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
 
@@ -185,10 +186,9 @@ class BatchStatements:
 
 
 def _dumps(value: object) -> str:
-    text = json.dumps(value, separators=(",", ":"), ensure_ascii=False)
     try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
+        return orjson.dumps(value).decode("utf-8")
+    except (TypeError, orjson.JSONEncodeError):
         # A lone surrogate (from a ``\\ud800`` escape in an answer) cannot be stored as text.
-        text = text.encode("utf-8", "replace").decode("utf-8")
-    return text
+        text = json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+        return text.encode("utf-8", "replace").decode("utf-8")

@@ -68,10 +68,24 @@ def _settings(ctx: click.Context, /, **overrides: Any) -> Settings:
     return settings
 
 
+def new_event_loop() -> asyncio.AbstractEventLoop:
+    """uvloop where it is installed (a dependency on Linux and macOS), else asyncio's own.
+
+    The worker spends most of its time in the event loop and the HTTP client; uvloop cuts
+    its CPU per change by about a sixth (see the README's Performance section).
+    """
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - Windows
+        return asyncio.new_event_loop()
+    return uvloop.new_event_loop()
+
+
 def _run_async(factory: Callable[[], Awaitable[T]]) -> T:
     """Run a coroutine, turning kantata-sync's errors into one line and an exit code."""
     try:
-        return asyncio.run(_guarded(factory))
+        with asyncio.Runner(loop_factory=new_event_loop) as runner:
+            return runner.run(_guarded(factory))
     except ConfigError as exc:
         _fail(EXIT_CONFIG, f"configuration error: {exc}")
     except DatabaseError as exc:

@@ -14,6 +14,7 @@ from types import TracebackType
 from typing import Any
 
 import aiohttp
+import orjson
 
 from . import USER_AGENT
 from .changes import JSONObject
@@ -44,6 +45,7 @@ class KantataClient:
             "User-Agent": USER_AGENT,
             "Accept": "application/json",
         }
+        self._json_headers = {**self._headers, "Content-Type": "application/json"}
         self._max_connections = max_connections
         self._session = session
         self._owns_session = session is None
@@ -54,8 +56,7 @@ class KantataClient:
     async def __aenter__(self) -> KantataClient:
         if self._session is None:
             self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=self._max_connections),
-                json_serialize=json.dumps,
+                connector=aiohttp.TCPConnector(limit=self._max_connections)
             )
         return self
 
@@ -81,9 +82,7 @@ class KantataClient:
                 "to_status_key": to_status_key,
             }
         }
-        return await self._request(
-            "POST", "/workspace_status_changes", body, params={"include": "workspace"}
-        )
+        return await self._request("POST", "/workspace_status_changes?include=workspace", body)
 
     async def get_workspace(self, workspace_id: int) -> ApiResponse:
         """``GET /workspaces/{id}``: the read-back that proves a status is in place."""
@@ -94,7 +93,6 @@ class KantataClient:
         method: str,
         path: str,
         body: JSONObject | None,
-        params: dict[str, str] | None = None,
     ) -> ApiResponse:
         if self._session is None:
             raise RuntimeError("KantataClient used outside 'async with'")
@@ -103,9 +101,8 @@ class KantataClient:
             async with self._session.request(
                 method,
                 self._base_url + path,
-                json=body,
-                params=params,
-                headers=self._headers,
+                data=None if body is None else _dumps(body),
+                headers=self._headers if body is None else self._json_headers,
                 timeout=self._timeout,
                 allow_redirects=False,
             ) as response:
@@ -135,13 +132,24 @@ def _safe(exc: BaseException) -> str:
     return str(exc).replace("\n", " ")[:200]
 
 
+def _dumps(body: JSONObject) -> bytes:
+    try:
+        return orjson.dumps(body)
+    except (TypeError, orjson.JSONEncodeError):
+        # A lone surrogate from the payload column; the standard encoder escapes it.
+        return json.dumps(body).encode("ascii")
+
+
 def _parse_body(raw: bytes) -> JSONObject | None:
     if not raw:
         return None
     try:
-        parsed: Any = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
-        return None
+        parsed: Any = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        try:  # orjson refuses a lone surrogate escape, which json takes
+            parsed = json.loads(raw)
+        except (ValueError, UnicodeDecodeError):
+            return None
     return parsed if isinstance(parsed, dict) else None
 
 

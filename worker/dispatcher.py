@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import random
 import socket
@@ -21,7 +22,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from structlog.contextvars import bound_contextvars
+from structlog.contextvars import bind_contextvars, bound_contextvars
 
 from .breaker import CircuitBreaker
 from .changes import (
@@ -132,6 +133,10 @@ class Dispatcher:
         self._run_id = uuid.uuid4().hex
         self._stats = RunStats()
         self.steps.run_id, self.steps.stats = self._run_id, self._stats
+        # Resolve the logger once per run rather than on every call (structlog's lazy proxy
+        # binds anew each time), and skip building per-request lines nobody will see.
+        self.log = self.steps.log = get_logger().bind()
+        self.steps.verbose = _logs_info(self.log)
         self._token_rejected = None
         self._fatal = None
         started = time.monotonic()
@@ -259,7 +264,9 @@ class Dispatcher:
             except InputError as exc:
                 self._invalid(row, exc)
                 continue
-            valid.append(replace(change, ambiguous=_ambiguous(change, row)))
+            if _ambiguous(change, row):
+                change = replace(change, ambiguous=True)
+            valid.append(change)
         return plan(valid)
 
     def _invalid(self, row: ClaimedRow, exc: InputError) -> None:
@@ -286,16 +293,17 @@ class Dispatcher:
             if halt.is_set():
                 self._release_plan(workspace_plan)
                 continue
-            with bound_contextvars(workspace_id=workspace_plan.workspace_id):
-                try:
-                    await self._run_plan(workspace_plan, halt)
-                except SyncError as exc:
-                    # A failed write (the database went away) must end the run, not leave this
-                    # plan's leases held and extended for ever.
-                    self.log.error("run.worker_failed", error=str(exc))
-                    self._fatal = self._fatal or exc
-                    halt.set()
-                    self._release_plan(workspace_plan)
+            # Each worker task has a context of its own: what it binds needs no resetting.
+            bind_contextvars(workspace_id=workspace_plan.workspace_id)
+            try:
+                await self._run_plan(workspace_plan, halt)
+            except SyncError as exc:
+                # A failed write (the database went away) must end the run, not leave this
+                # plan's leases held and extended for ever.
+                self.log.error("run.worker_failed", error=str(exc))
+                self._fatal = self._fatal or exc
+                halt.set()
+                self._release_plan(workspace_plan)
 
     async def _run_plan(self, workspace_plan: WorkspacePlan, halt: asyncio.Event) -> None:
         status_mark: int | None = None
@@ -313,20 +321,20 @@ class Dispatcher:
             if not all(change.id in self._held for change in step.changes):
                 self._release_steps(workspace_plan.steps[index:])
                 return  # its lease was lost: the workspace is in other hands now
-            with bound_contextvars(change_id=step.change_ids[-1]):
-                try:
-                    keep_going = await self.steps.run(step)
-                except TokenRejected as exc:
-                    self._token_rejected = exc
-                    halt.set()
-                    self._release_steps(workspace_plan.steps[index:])
-                    return
-                except StepAbandoned:
-                    self._release_steps(workspace_plan.steps[index:])
-                    return
-                except asyncio.CancelledError:
-                    self.steps.interrupted(step)
-                    raise
+            bind_contextvars(change_id=step.changes[-1].id)
+            try:
+                keep_going = await self.steps.run(step)
+            except TokenRejected as exc:
+                self._token_rejected = exc
+                halt.set()
+                self._release_steps(workspace_plan.steps[index:])
+                return
+            except StepAbandoned:
+                self._release_steps(workspace_plan.steps[index:])
+                return
+            except asyncio.CancelledError:
+                self.steps.interrupted(step)
+                raise
             if not keep_going:
                 self._release_steps(workspace_plan.steps[index + 1 :])
                 return
@@ -345,7 +353,7 @@ class Dispatcher:
             self._stats.invalid += 1
         label = str(result.outcome or result.error_type or state)
         self._stats.by_outcome[label] = self._stats.by_outcome.get(label, 0) + 1
-        self.metrics.changes.labels(kind, str(state), str(result.outcome or "")).inc()
+        self.metrics.change_finished(kind, state, result.outcome or "")
         if self.on_progress is not None:
             self.on_progress(1)
 
@@ -426,6 +434,11 @@ def _ambiguous(change: Change, row: ClaimedRow) -> bool:
         and row.attempts > 0
         and (row.http_status is None or row.http_status >= 500)
     )
+
+
+def _logs_info(log: Any) -> bool:
+    enabled = getattr(log, "is_enabled_for", None)
+    return bool(enabled(logging.INFO)) if callable(enabled) else True
 
 
 async def _wait_any(*events: asyncio.Event, seconds: float) -> None:

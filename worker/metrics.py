@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, write_to_textfile
 
 NAMESPACE = "kantata_sync"
@@ -60,6 +62,28 @@ class Metrics:
         self.run_duration = Gauge(
             f"{NAMESPACE}_run_duration_seconds", "Duration of the last run", registry=r
         )
+
+        self._children: dict[tuple[Any, ...], Any] = {}
+
+    def request(self, endpoint: str, code: str, seconds: float) -> None:
+        """Count one HTTP request and observe its duration."""
+        children = self._children.get((endpoint, code))
+        if children is None:
+            children = (
+                self.requests.labels(endpoint, code),
+                self.request_duration.labels(endpoint),
+            )
+            self._children[(endpoint, code)] = children
+        children[0].inc()
+        children[1].observe(seconds)
+
+    def change_finished(self, kind: str, state: str, outcome: str) -> None:
+        """Count one change that reached a final state."""
+        key = ("change", kind, state, outcome)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = self.changes.labels(kind, state, outcome)
+        child.inc()
 
     def write_textfile(self, path: str) -> None:
         """Write the registry for node_exporter's textfile collector, atomically."""

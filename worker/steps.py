@@ -67,6 +67,8 @@ class StepRunner:
         self.halted = halted
         self.stats = RunStats()
         self.run_id = ""
+        self.verbose = True
+        """Whether ``http.attempt`` lines are logged (info level): skipped cheaply if not."""
 
     def finish(self, result: Result, *, kind: str) -> None:
         self._finish(result, kind)
@@ -170,8 +172,7 @@ class StepRunner:
             self.metrics.throttled.inc()
             assert isinstance(answer, ApiResponse)
             self.limiter.on_throttled(answer.retry_after)
-        self.metrics.requests.labels(endpoint, str(status) if status else "none").inc()
-        self.metrics.request_duration.labels(endpoint).observe(duration_ms / 1000)
+        self.metrics.request(endpoint, str(status) if status else "none", duration_ms / 1000)
         self.buffer.attempt(
             AttemptRecord(
                 self.run_id,
@@ -186,17 +187,18 @@ class StepRunner:
                 attempted_at,
             )
         )
-        self.log.info(
-            "http.attempt",
-            endpoint=endpoint,
-            change_ids=list(step.change_ids),
-            status=status,
-            duration_ms=round(duration_ms, 2),
-            request_id=request_id,
-            error_type=error_type,
-            error=error,
-            limiter_wait_ms=round(waited * 1000, 2),
-        )
+        if self.verbose:
+            self.log.info(
+                "http.attempt",
+                endpoint=endpoint,
+                change_ids=list(step.change_ids),
+                status=status,
+                duration_ms=round(duration_ms, 2),
+                request_id=request_id,
+                error_type=error_type,
+                error=error,
+                limiter_wait_ms=round(waited * 1000, 2),
+            )
         return answer
 
     def _succeeded(self, step: Step, outcome: Outcome, answer: ApiResponse) -> None:

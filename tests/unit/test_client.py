@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator, Iterator
 from types import SimpleNamespace
 from typing import Any
@@ -71,7 +72,8 @@ async def test_update_workspace_request(mocked: aioresponses, client: KantataCli
     fields = {"title": "T", "custom_fields": [{"custom_field_id": 7, "value": "x"}]}
     answer = await client.update_workspace(42, fields)
     kwargs = only_call(mocked, "PUT", WS_URL)
-    assert kwargs["json"] == {"workspace": fields}
+    assert json.loads(kwargs["data"]) == {"workspace": fields}
+    assert kwargs["headers"]["Content-Type"] == "application/json"
     assert kwargs.get("params") is None
     assert_common_headers(kwargs)
     assert answer.status == 200
@@ -81,8 +83,10 @@ async def test_change_status_request(mocked: aioresponses, client: KantataClient
     mocked.post(STATUS_URL, status=200, payload={"count": 1})
     await client.change_status(42, 310)
     kwargs = only_call(mocked, "POST", STATUS_URL)
-    assert kwargs["json"] == {"workspace_status_change": {"workspace_id": 42, "to_status_key": 310}}
-    assert kwargs["params"] == {"include": "workspace"}
+    assert json.loads(kwargs["data"]) == {
+        "workspace_status_change": {"workspace_id": 42, "to_status_key": 310}
+    }
+    assert kwargs["headers"]["Content-Type"] == "application/json"
     assert_common_headers(kwargs)
 
 
@@ -90,8 +94,32 @@ async def test_get_workspace_request(mocked: aioresponses, client: KantataClient
     mocked.get(WS_URL, status=200, payload={"count": 1})
     await client.get_workspace(42)
     kwargs = only_call(mocked, "GET", WS_URL)
-    assert kwargs["json"] is None
+    assert kwargs["data"] is None
+    assert "Content-Type" not in kwargs["headers"]
     assert_common_headers(kwargs)
+
+
+@pytest.mark.parametrize(
+    ("fields", "sent"),
+    [
+        pytest.param(
+            {"title": "Ünïcode ✓"},
+            b'{"workspace":{"title":"\xc3\x9cn\xc3\xafcode \xe2\x9c\x93"}}',
+            id="utf-8",
+        ),
+        pytest.param(
+            {"title": "\ud800"}, b'{"workspace": {"title": "\\ud800"}}', id="lone-surrogate"
+        ),
+    ],
+)
+async def test_request_bodies_are_json_whatever_the_text(
+    mocked: aioresponses, client: KantataClient, fields: dict[str, Any], sent: bytes
+) -> None:
+    mocked.put(WS_URL, status=200, payload={"count": 1})
+    await client.update_workspace(42, fields)
+    kwargs = only_call(mocked, "PUT", WS_URL)
+    assert kwargs["data"] == sent
+    assert json.loads(kwargs["data"]) == {"workspace": fields}
 
 
 async def test_outside_context_manager_refuses() -> None:
@@ -190,6 +218,15 @@ ANSWERS = [
     pytest.param(200, {"body": b"[1, 2]"}, {}, None, None, None, id="json-array-is-none"),
     pytest.param(200, {"body": b"\xff\xfe\x00"}, {}, None, None, None, id="binary-garbage"),
     pytest.param(200, {"body": b'{"a":'}, {}, None, None, None, id="truncated-json"),
+    pytest.param(
+        422,
+        {"body": b'{"errors": [{"message": "bad \\ud800"}]}'},
+        {},
+        {"errors": [{"message": "bad \ud800"}]},
+        None,
+        None,
+        id="lone-surrogate-escape",
+    ),
 ]
 
 
