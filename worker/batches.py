@@ -121,6 +121,22 @@ class BatchStatements:
             sa.select(*(attempts.c[name] for name, _ in ATTEMPT_FIELDS)),
         )
 
+    def in_list(self, column: sa.ColumnElement[Any], name: str) -> sa.ColumnElement[bool]:
+        """``column IN (...)`` with the whole list as one parameter ``name`` (:meth:`ids`).
+
+        An expanding ``IN`` renders one parameter per value on every execution, and on
+        PostgreSQL makes every batch size a statement of its own to prepare.
+        """
+        if self.dialect == "postgresql":
+            array = sa.bindparam(name, type_=postgresql.ARRAY(sa.BigInteger()))
+            return column == sa.any_(array)
+        each = sa.func.json_each(sa.bindparam(name, type_=sa.Text())).table_valued("value")
+        return column.in_(sa.select(each.c.value))
+
+    def ids(self, values: Sequence[int]) -> object:
+        """The parameter value for :meth:`in_list`."""
+        return list(values) if self.dialect == "postgresql" else _dumps(list(values))
+
     def _rows(self, fields: tuple[tuple[str, sa.types.TypeEngine[Any]], ...]) -> Any:
         """The JSON parameter ``batch`` as a table with ``fields`` as columns."""
         batch = sa.bindparam("batch", type_=sa.Text())

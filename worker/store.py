@@ -71,6 +71,9 @@ class Store:
         self.engine = engine
         self.dialect = engine.dialect.name
         self._batch = BatchStatements(self.dialect)
+        self._lock_rows = (
+            sa.select(c.id).where(self._batch.in_list(c.id, "ids")).order_by(c.id).with_for_update()
+        )
 
     def _text(self, column: sa.Column[Any]) -> sa.ColumnElement[Any]:
         # SQLite lets producers store bytes that are not UTF-8 in a TEXT column, and the driver
@@ -175,16 +178,17 @@ class Store:
             # workspace index instead of walking the whole queue in ID order.
             queued = (
                 sa.select(c.id, c.workspace_id)
-                .where(c.workspace_id.in_(ahead), c.state == State.PENDING, due)
+                .where(self._batch.in_list(c.workspace_id, "ahead"), c.state == State.PENDING, due)
                 .order_by(c.id + 0)
                 .limit(limit)
             )
             if self.dialect == "postgresql":
                 queued = queued.with_for_update(skip_locked=True, of=sync_changes)
-            ids = _whole_prefixes((await conn.execute(queued)).all(), found, limit)
+            queued_rows = (await conn.execute(queued, {"ahead": self._batch.ids(ahead)})).all()
+            ids = _whole_prefixes(queued_rows, found, limit)
             result = await conn.execute(
                 sa.update(sync_changes)
-                .where(c.id.in_(ids))
+                .where(self._batch.in_list(c.id, "ids"))
                 .values(
                     state=State.IN_FLIGHT,
                     lease_owner=owner,
@@ -201,7 +205,8 @@ class Store:
                     c.attempts,
                     c.lease_token,
                     c.http_status,
-                )
+                ),
+                {"ids": self._batch.ids(ids)},
             )
             rows = [ClaimedRow(*row) for row in result.all()]
         rows.sort(key=lambda row: row.id)
@@ -252,9 +257,7 @@ class Store:
                 ids = sorted(
                     {r.change_id for r in results} | {lease.change_id for lease in releases}
                 )
-                await conn.execute(
-                    sa.select(c.id).where(c.id.in_(ids)).order_by(c.id).with_for_update()
-                )
+                await conn.execute(self._lock_rows, {"ids": ids})
             if results:
                 params = {"batch": batch.results(results, now), "now": now}
                 written.update((await conn.execute(batch.write_back, params)).scalars())
@@ -277,9 +280,7 @@ class Store:
         async with translate_errors("releasing changes"), self.engine.begin() as conn:
             if self.dialect == "postgresql":
                 ids = sorted(lease.change_id for lease in leases)
-                await conn.execute(
-                    sa.select(c.id).where(c.id.in_(ids)).order_by(c.id).with_for_update()
-                )
+                await conn.execute(self._lock_rows, {"ids": ids})
             return len((await conn.execute(self._batch.release, params)).all())
 
     async def log_attempts(self, records: Sequence[AttemptRecord]) -> None:

@@ -108,4 +108,9 @@ def bare_loop(
     The whole list is sent again until ``min_seconds`` have passed (at least once), so that
     the bare loop is measured over as long a stretch as the worker it is compared with.
     """
-    return asyncio.run(_bare(url, rows, concurrency, min_seconds))
+    # The worker's own event loop (uvloop where installed), so that the two compare like
+    # with like.
+    from worker.cli import new_event_loop
+
+    with asyncio.Runner(loop_factory=new_event_loop) as runner:
+        return runner.run(_bare(url, rows, concurrency, min_seconds))
