@@ -31,6 +31,9 @@ class BreakerState:
     cooldown: float = 0.0
 
 
+CLOSED = BreakerState()
+
+
 def record(
     state: BreakerState,
     *,
@@ -42,7 +45,7 @@ def record(
 ) -> BreakerState:
     """The state after one answer; ``unhealthy`` is a 5xx, a timeout or a lost connection."""
     if not unhealthy:
-        return BreakerState()
+        return CLOSED
     if state.phase is Phase.HALF_OPEN:
         longer = min(max_cooldown, max(state.cooldown, cooldown) * 2)
         return BreakerState(Phase.OPEN, state.failures + 1, now + longer, longer)

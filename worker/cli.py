@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import csv
+import gc
 import json
 import os
 import signal
@@ -38,6 +39,9 @@ from .validation import parse_line
 
 DEAD_AFTER = 30.0
 """Seconds without a heartbeat after which ``status`` counts a worker as dead."""
+
+GC_THRESHOLD = 20_000
+"""Allocations between collections of the youngest generation (Python's default is 700)."""
 
 EXIT_INPUT = 1
 EXIT_CONFIG = 3
@@ -81,8 +85,20 @@ def new_event_loop() -> asyncio.AbstractEventLoop:
     return uvloop.new_event_loop()
 
 
+def _tune_gc() -> None:
+    """Spare the cyclic garbage collector the objects that live as long as the process.
+
+    Everything imported so far is frozen out of collection, and the youngest generation is
+    collected less often: a run allocates several objects per request, nearly all freed by
+    reference counting, and the default threshold spent about 4% of a run's CPU in collections.
+    """
+    gc.freeze()
+    gc.set_threshold(GC_THRESHOLD, 20, 20)
+
+
 def _run_async(factory: Callable[[], Awaitable[T]]) -> T:
     """Run a coroutine, turning kantata-sync's errors into one line and an exit code."""
+    _tune_gc()
     try:
         with asyncio.Runner(loop_factory=new_event_loop) as runner:
             return runner.run(_guarded(factory))

@@ -8,6 +8,7 @@ session's default headers and never reaches a message, a log line or a repr.
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 from types import TracebackType
@@ -15,12 +16,16 @@ from typing import Any
 
 import aiohttp
 import orjson
+from aiohttp.payload import BytesPayload
+from yarl import URL
 
 from . import USER_AGENT
 from .changes import JSONObject
 from .exceptions import ProtocolError, TransportError
 from .outcomes import ApiResponse, parse_retry_after
 
+JSON = "application/json"
+URL_CACHE_SIZE = 4096
 PUT_WORKSPACE = "PUT /workspaces/{id}"
 POST_STATUS_CHANGE = "POST /workspace_status_changes"
 GET_WORKSPACE = "GET /workspaces/{id}"
@@ -45,7 +50,14 @@ class KantataClient:
             "User-Agent": USER_AGENT,
             "Accept": "application/json",
         }
-        self._json_headers = {**self._headers, "Content-Type": "application/json"}
+        # URLs are parsed once, not on every request: the status-change URL is fixed, and a
+        # workspace's URL is kept while it is among the most recently used.
+        self._status_changes_url = URL(f"{self._base_url}/workspace_status_changes").with_query(
+            include="workspace"
+        )
+        self._workspaces_url = URL(f"{self._base_url}/workspaces")
+        self._base_path = self._workspaces_url.parent.path
+        self._workspace_url = functools.lru_cache(maxsize=URL_CACHE_SIZE)(self._new_workspace_url)
         self._max_connections = max_connections
         self._session = session
         self._owns_session = session is None
@@ -70,9 +82,17 @@ class KantataClient:
             await self._session.close()
             self._session = None
 
+    def _relative(self, url: URL) -> str:
+        """The path after the base URL, as messages name a request."""
+        return url.path.removeprefix(self._base_path)
+
+    def _new_workspace_url(self, workspace_id: int) -> URL:
+        return self._workspaces_url.joinpath(str(workspace_id), encoded=True)
+
     async def update_workspace(self, workspace_id: int, fields: JSONObject) -> ApiResponse:
         """``PUT /workspaces/{id}`` with ``{"workspace": fields}``."""
-        return await self._request("PUT", f"/workspaces/{workspace_id}", {"workspace": fields})
+        url = self._workspace_url(workspace_id)
+        return await self._request("PUT", url, {"workspace": fields})
 
     async def change_status(self, workspace_id: int, to_status_key: int) -> ApiResponse:
         """``POST /workspace_status_changes``, including the workspace to read its new state."""
@@ -82,16 +102,16 @@ class KantataClient:
                 "to_status_key": to_status_key,
             }
         }
-        return await self._request("POST", "/workspace_status_changes?include=workspace", body)
+        return await self._request("POST", self._status_changes_url, body)
 
     async def get_workspace(self, workspace_id: int) -> ApiResponse:
         """``GET /workspaces/{id}``: the read-back that proves a status is in place."""
-        return await self._request("GET", f"/workspaces/{workspace_id}", None)
+        return await self._request("GET", self._workspace_url(workspace_id), None)
 
     async def _request(
         self,
         method: str,
-        path: str,
+        url: URL,
         body: JSONObject | None,
     ) -> ApiResponse:
         if self._session is None:
@@ -100,9 +120,9 @@ class KantataClient:
         try:
             async with self._session.request(
                 method,
-                self._base_url + path,
-                data=None if body is None else _dumps(body),
-                headers=self._headers if body is None else self._json_headers,
+                url,
+                data=None if body is None else BytesPayload(_dumps(body), content_type=JSON),
+                headers=self._headers,
                 timeout=self._timeout,
                 allow_redirects=False,
             ) as response:
@@ -110,14 +130,18 @@ class KantataClient:
                 status = response.status
                 headers = response.headers
         except TimeoutError as exc:
+            path = self._relative(url)
             raise TransportError("timeout", f"{method} {path}: no answer in time") from exc
         except aiohttp.ClientPayloadError as exc:
+            path = self._relative(url)
             raise TransportError("connection", f"{method} {path}: response cut off") from exc
         except aiohttp.ClientConnectionError as exc:
+            path = self._relative(url)
             raise TransportError(
                 "connection", f"{method} {path}: {type(exc).__name__}: {_safe(exc)}"
             ) from exc
         except aiohttp.ClientError as exc:
+            path = self._relative(url)
             raise TransportError("connection", f"{method} {path}: {type(exc).__name__}") from exc
         return ApiResponse(
             status=status,

@@ -25,7 +25,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from .db import translate_errors
+from .db import transaction, translate_errors
 from .models import sync_rate_limits, sync_workers
 from .ratelimit import (
     HEADROOM,
@@ -102,18 +102,18 @@ class Coordinator:
             "started_at": now,
             "heartbeat_at": now,
         }
-        async with translate_errors("registering the worker"), self.engine.begin() as conn:
+        async with transaction(self.engine, "registering the worker") as conn:
             await conn.execute(sa.delete(sync_workers).where(sync_workers.c.name == name))
             await conn.execute(sa.insert(sync_workers).values(**values))
 
     async def heartbeat(self, name: str, now: datetime) -> None:
-        async with translate_errors("heartbeating"), self.engine.begin() as conn:
+        async with transaction(self.engine, "heartbeating") as conn:
             await conn.execute(
                 sa.update(sync_workers).where(sync_workers.c.name == name).values(heartbeat_at=now)
             )
 
     async def deregister(self, name: str) -> None:
-        async with translate_errors("deregistering the worker"), self.engine.begin() as conn:
+        async with transaction(self.engine, "deregistering the worker") as conn:
             await conn.execute(sa.delete(sync_workers).where(sync_workers.c.name == name))
 
     async def workers(self, now: datetime, dead_after: float) -> tuple[list[WorkerInfo], int]:
@@ -132,7 +132,7 @@ class Coordinator:
 
         ``throttled`` is the Retry-After of a 429 this worker saw (0 when none was given).
         """
-        async with translate_errors("reserving rate budget"), self.engine.begin() as conn:
+        async with transaction(self.engine, "reserving rate budget") as conn:
             now = await self._db_now(conn)
             local = time.monotonic()
             await self._ensure_row(conn, key, budget, now)

@@ -6,7 +6,9 @@ SQLAlchemy and driver errors are translated here and in :mod:`worker.store` into
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import weakref
 from collections.abc import AsyncIterator
 from importlib.resources import files
 from pathlib import Path
@@ -18,9 +20,9 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import event
-from sqlalchemy.engine import Connection, make_url
+from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from .exceptions import DatabaseError, NotMigratedError
 
@@ -107,6 +109,32 @@ async def check_schema(engine: AsyncEngine) -> None:
 async def ping(engine: AsyncEngine) -> None:
     async with translate_errors("connecting to the database"), engine.connect() as connection:
         await connection.execute(sa.text("SELECT 1"))
+
+
+_write_locks: weakref.WeakKeyDictionary[Engine, asyncio.Lock] = weakref.WeakKeyDictionary()
+
+
+@contextlib.asynccontextmanager
+async def transaction(engine: AsyncEngine, doing: str) -> AsyncIterator[AsyncConnection]:
+    """``engine.begin()`` with errors translated; on SQLite, one at a time per engine.
+
+    A SQLite file has a single write lock, and every transaction here takes it up front. The
+    transactions of one process queue for it in an asyncio lock, in order, rather than in
+    SQLite's busy handler, which polls in sleeps of up to 100 ms: a flush that collided with
+    a claim used to wait tens of milliseconds for a lock freed long before.
+    """
+    lock = None
+    if engine.dialect.name == "sqlite":
+        lock = _write_locks.get(engine.sync_engine)
+        if lock is None:
+            lock = _write_locks[engine.sync_engine] = asyncio.Lock()
+    async with translate_errors(doing):
+        if lock is None:
+            async with engine.begin() as conn:
+                yield conn
+        else:
+            async with lock, engine.begin() as conn:
+                yield conn
 
 
 @contextlib.asynccontextmanager

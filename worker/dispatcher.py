@@ -42,12 +42,12 @@ from .coordination import Coordinator
 from .exceptions import DatabaseError, InputError, StepAbandoned, SyncError, TokenRejected
 from .logging import get_logger
 from .metrics import Metrics
-from .planner import Step, WorkspacePlan, plan
+from .planner import Step, WorkspacePlan, one_status_change, plan
 from .ratelimit import RateLimiter, SharedRateLimiter
 from .steps import StepRunner
 from .store import Store
 from .validation import validate_row
-from .writeback import WriteBuffer
+from .writeback import FLUSH_INTERVAL, WriteBuffer
 
 HEARTBEAT_SECONDS = 5.0
 MIN_IDLE_WAIT = 0.1
@@ -121,6 +121,9 @@ class Dispatcher:
             halted=lambda: self._halt.is_set(),
         )
         self._halt = asyncio.Event()
+        self._hungry = asyncio.Event()
+        self._queued = 0
+        """Changes in the plans waiting in the queue."""
         self._held: dict[int, Lease] = {}
         self._stats = RunStats()
         self._run_id = ""
@@ -181,20 +184,27 @@ class Dispatcher:
             self._buffer.flush_periodically(flushing_done, self._flush_failed)
         )
         heartbeat = asyncio.create_task(self._extend_leases_periodically())
-        low_water = max(self.settings.concurrency * 2, 1)
+        self._queued = 0
         ended_because = "drained"
         try:
             while not stop.is_set() and self._token_rejected is None and self._fatal is None:
-                if queue.qsize() >= low_water:
-                    await _wait_any(stop, halt, seconds=0.05)
+                # Claim the next batch while a whole one is still queued, so that the workers
+                # never wait for a claim; they say when the queue runs low.
+                if self._queued >= self.settings.batch_size:
+                    self._hungry.clear()
+                    await _wait_any(stop, halt, self._hungry, seconds=1.0)
                     continue
                 claimed = await self._claim()
                 if claimed:
                     for workspace_plan in claimed:
                         queue.put_nowait(workspace_plan)
+                        self._queued += _size(workspace_plan)
                     continue
                 if queue.qsize() or self._busy(queue):
-                    await _wait_any(stop, halt, seconds=0.05)
+                    # Nothing claimable yet: the workspaces in hand free their next changes
+                    # when their results are written back, at the next flush.
+                    self._buffer.flushed.clear()
+                    await _wait_any(stop, halt, self._buffer.flushed, seconds=FLUSH_INTERVAL)
                     continue
                 await self.flush()
                 wait = await self._seconds_until_due()
@@ -267,7 +277,12 @@ class Dispatcher:
             if _ambiguous(change, row):
                 change = replace(change, ambiguous=True)
             valid.append(change)
-        return plan(valid)
+        plans = []
+        for workspace_plan in plan(valid):
+            now, later = one_status_change(workspace_plan)
+            self._release_steps(later)
+            plans.append(now)
+        return plans
 
     def _invalid(self, row: ClaimedRow, exc: InputError) -> None:
         with bound_contextvars(change_id=row.id):
@@ -290,6 +305,9 @@ class Dispatcher:
             workspace_plan = await queue.get()
             if workspace_plan is None:
                 return
+            self._queued -= _size(workspace_plan)
+            if self._queued < self.settings.batch_size:
+                self._hungry.set()
             if halt.is_set():
                 self._release_plan(workspace_plan)
                 continue
@@ -306,15 +324,7 @@ class Dispatcher:
                 self._release_plan(workspace_plan)
 
     async def _run_plan(self, workspace_plan: WorkspacePlan, halt: asyncio.Event) -> None:
-        status_mark: int | None = None
         for index, step in enumerate(workspace_plan.steps):
-            if status_mark is not None and step.sets_status:
-                # A status change goes only once the workspace's previous one is durable.
-                # After a crash, changes whose results were not written are sent again, in
-                # order: a PUT is idempotent and a repeated status change is caught by its
-                # same-status answer and read back, but re-sending an earlier status change
-                # after a later one had landed would apply it a second time.
-                await self._buffer.durable(status_mark)
             if halt.is_set():
                 self._release_steps(workspace_plan.steps[index:])
                 return
@@ -338,8 +348,6 @@ class Dispatcher:
             if not keep_going:
                 self._release_steps(workspace_plan.steps[index + 1 :])
                 return
-            if step.sets_status:
-                status_mark = self._buffer.mark
 
     def _finish(self, result: Result, *, kind: str) -> None:
         self._release_lease(result.change_id)
@@ -434,6 +442,10 @@ def _ambiguous(change: Change, row: ClaimedRow) -> bool:
         and row.attempts > 0
         and (row.http_status is None or row.http_status >= 500)
     )
+
+
+def _size(workspace_plan: WorkspacePlan) -> int:
+    return sum(len(step.changes) for step in workspace_plan.steps)
 
 
 def _logs_info(log: Any) -> bool:

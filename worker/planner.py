@@ -79,6 +79,26 @@ def plan(changes: Iterable[Change]) -> list[WorkspacePlan]:
     ]
 
 
+def one_status_change(workspace_plan: WorkspacePlan) -> tuple[WorkspacePlan, tuple[Step, ...]]:
+    """Split a plan before its second status change: the plan to run now, and the rest.
+
+    A status change may be sent only once the workspace's previous one is written back.
+    After a crash the changes whose results were not written are sent again, in order; a
+    repeated status change is caught by its same-status answer and read back, but re-sending
+    an earlier status change after a later one had landed would apply it a second time. So a
+    run takes at most one status change of a workspace at a time, and the rest goes back to
+    the queue, to be claimed once that one's result is durable.
+    """
+    seen = False
+    for index, step in enumerate(workspace_plan.steps):
+        if step.sets_status:
+            if seen:
+                head = WorkspacePlan(workspace_plan.workspace_id, workspace_plan.steps[:index])
+                return head, workspace_plan.steps[index:]
+            seen = True
+    return workspace_plan, ()
+
+
 def coalesce(changes: list[Change]) -> list[Step]:
     """Turn one workspace's changes (ascending IDs) into steps."""
     steps: list[Step] = []

@@ -68,6 +68,8 @@ class StepRunner:
         self.stats = RunStats()
         self.run_id = ""
         self.verbose = True
+        self.limited = limiter.budget > 0
+        """Whether there is a limiter to wait for (``rate_limit`` 0 turns it off)."""
         """Whether ``http.attempt`` lines are logged (info level): skipped cheaply if not."""
 
     def finish(self, result: Result, *, kind: str) -> None:
@@ -148,7 +150,8 @@ class StepRunner:
         if self.halted():
             # Waiting for the breaker or the limiter can outlast a 401 or a SIGTERM.
             raise StepAbandoned(f"{endpoint} not sent: the run is stopping")
-        self.metrics.limiter_wait.observe(waited)
+        if self.limited:
+            self.metrics.limiter_wait.observe(waited)
         started = time.perf_counter()
         attempted_at = self.clock()
         try:

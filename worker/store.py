@@ -27,7 +27,7 @@ from .changes import (
     RunStats,
     State,
 )
-from .db import translate_errors
+from .db import transaction, translate_errors
 from .models import sync_changes, sync_runs, sync_workers
 
 c = sync_changes.c
@@ -95,7 +95,7 @@ class Store:
             }
             for change in changes
         ]
-        async with translate_errors("enqueueing changes"), self.engine.begin() as conn:
+        async with transaction(self.engine, "enqueueing changes") as conn:
             ids: list[int] = []
             for start in range(0, len(rows), 500):
                 chunk = rows[start : start + 500]
@@ -165,7 +165,7 @@ class Store:
         )
         if self.dialect == "postgresql":
             first = first.with_for_update(skip_locked=True, of=sync_changes)
-        async with translate_errors("claiming changes"), self.engine.begin() as conn:
+        async with transaction(self.engine, "claiming changes") as conn:
             if self.dialect == "postgresql":
                 await conn.execute(sa.select(sa.func.pg_advisory_xact_lock(CLAIM_LOCK_KEY)))
             await self.reclaim_expired(conn, now, dead_after)
@@ -225,7 +225,7 @@ class Store:
             # Lock in ID order, as every other writer does, so that writers never deadlock.
             locked = sa.select(c.id).where(held).order_by(c.id).with_for_update()
             held = c.id.in_(locked.scalar_subquery())
-        async with translate_errors("extending leases"), self.engine.begin() as conn:
+        async with transaction(self.engine, "extending leases") as conn:
             result = await conn.execute(
                 sa.update(sync_changes)
                 .where(held, c.state == State.IN_FLIGHT)
@@ -251,7 +251,7 @@ class Store:
             return []
         batch = self._batch
         written: set[int] = set()
-        async with translate_errors("writing results back"), self.engine.begin() as conn:
+        async with transaction(self.engine, "writing results back") as conn:
             if self.dialect == "postgresql" and (results or releases):
                 # Lock in ID order, as every other writer does, so that writers never deadlock.
                 ids = sorted(
@@ -277,7 +277,7 @@ class Store:
         if not leases:
             return 0
         params = {"batch": self._batch.leases(leases), "now": now}
-        async with translate_errors("releasing changes"), self.engine.begin() as conn:
+        async with transaction(self.engine, "releasing changes") as conn:
             if self.dialect == "postgresql":
                 ids = sorted(lease.change_id for lease in leases)
                 await conn.execute(self._lock_rows, {"ids": ids})
@@ -288,7 +288,7 @@ class Store:
         await self.write_batch((), (), records, datetime.now(UTC))
 
     async def start_run(self, run_id: str, worker: str, command: str, now: datetime) -> None:
-        async with translate_errors("recording the run"), self.engine.begin() as conn:
+        async with transaction(self.engine, "recording the run") as conn:
             await conn.execute(
                 sa.insert(sync_runs).values(
                     id=run_id, worker=worker, command=command, started_at=now
@@ -298,7 +298,7 @@ class Store:
     async def finish_run(
         self, run_id: str, stats: RunStats, ended_because: str, now: datetime, duration: float
     ) -> None:
-        async with translate_errors("recording the run"), self.engine.begin() as conn:
+        async with transaction(self.engine, "recording the run") as conn:
             await conn.execute(
                 sa.update(sync_runs)
                 .where(sync_runs.c.id == run_id)
@@ -441,7 +441,7 @@ class Store:
         dry_run: bool,
     ) -> list[int]:
         where = [*filters.where(), c.state.in_([str(s) for s in allowed])]
-        async with translate_errors("updating changes"), self.engine.begin() as conn:
+        async with transaction(self.engine, "updating changes") as conn:
             if dry_run:
                 query = sa.select(c.id).where(*where).order_by(c.id)
                 return list((await conn.execute(query)).scalars().all())

@@ -1,9 +1,8 @@
 """The write-back buffer: results, releases and attempt records, made durable in batches.
 
 Batching keeps the database out of the hot path: one transaction per flush, whatever it
-carries. Flushes run one at a time and in order. A task that needs its own result durable
-before it goes on (see :meth:`WriteBuffer.durable`) joins the flush in progress or starts the
-next one, so tasks that wait together share one commit (group commit).
+carries, every ``FLUSH_INTERVAL`` and at the end of a run. Flushes run one at a time and in
+order.
 
 A failed flush loses nothing: its batch goes back to the front of the buffer for the next one.
 The periodic flusher rides out a few failures in a row (a deadlock, a dropped connection) and
@@ -46,8 +45,8 @@ class WriteBuffer:
         self.attempts: list[AttemptRecord] = []
         self.releases: list[Lease] = []
         self.lost: list[int] = []
-        self._added = 0
-        self._durable = 0
+        self.flushed = asyncio.Event()
+        """Set after every flush that wrote something (cleared by whoever waits for it)."""
         self._lock = asyncio.Lock()
 
     def __bool__(self) -> bool:
@@ -55,31 +54,12 @@ class WriteBuffer:
 
     def result(self, result: Result) -> None:
         self.results.append(result)
-        self._added += 1
 
     def attempt(self, record: AttemptRecord) -> None:
         self.attempts.append(record)
-        self._added += 1
 
     def release(self, lease: Lease) -> None:
         self.releases.append(lease)
-        self._added += 1
-
-    @property
-    def mark(self) -> int:
-        """A position in the buffer: everything added so far is durable once it is."""
-        return self._added
-
-    async def durable(self, mark: int) -> None:
-        """Return once everything added before ``mark`` is written.
-
-        Joins a flush already in progress, or starts one: waiters arriving together share
-        one transaction.
-        """
-        while self._durable < mark:
-            async with self._lock:
-                if self._durable < mark:
-                    await self._flush()
 
     async def flush(self) -> None:
         """Write everything buffered now."""
@@ -88,7 +68,6 @@ class WriteBuffer:
                 await self._flush()
 
     async def _flush(self) -> None:
-        upto = self._added
         results, self.results = self.results, []
         attempts, self.attempts = self.attempts, []
         releases, self.releases = self.releases, []
@@ -100,7 +79,7 @@ class WriteBuffer:
             self.attempts[:0] = attempts
             self.releases[:0] = releases
             raise
-        self._durable = max(self._durable, upto)
+        self.flushed.set()
         if lost:
             self.lost.extend(lost)
             self.on_lost(lost)

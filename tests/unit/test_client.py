@@ -9,6 +9,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+from aiohttp.payload import BytesPayload
 from aioresponses import aioresponses
 from yarl import URL
 
@@ -55,6 +56,14 @@ def only_call(m: aioresponses, method: str, url: str) -> dict[str, Any]:
     return call.kwargs
 
 
+def sent_json(kwargs: dict[str, Any]) -> bytes:
+    """The body a request carried; it must be declared as JSON."""
+    payload = kwargs["data"]
+    assert isinstance(payload, BytesPayload)
+    assert payload.content_type == "application/json"
+    return payload.decode().encode("utf-8")
+
+
 def assert_common_headers(kwargs: dict[str, Any]) -> None:
     headers = kwargs["headers"]
     assert headers["Authorization"] == f"Bearer {TOKEN}"
@@ -72,8 +81,7 @@ async def test_update_workspace_request(mocked: aioresponses, client: KantataCli
     fields = {"title": "T", "custom_fields": [{"custom_field_id": 7, "value": "x"}]}
     answer = await client.update_workspace(42, fields)
     kwargs = only_call(mocked, "PUT", WS_URL)
-    assert json.loads(kwargs["data"]) == {"workspace": fields}
-    assert kwargs["headers"]["Content-Type"] == "application/json"
+    assert json.loads(sent_json(kwargs)) == {"workspace": fields}
     assert kwargs.get("params") is None
     assert_common_headers(kwargs)
     assert answer.status == 200
@@ -83,10 +91,9 @@ async def test_change_status_request(mocked: aioresponses, client: KantataClient
     mocked.post(STATUS_URL, status=200, payload={"count": 1})
     await client.change_status(42, 310)
     kwargs = only_call(mocked, "POST", STATUS_URL)
-    assert json.loads(kwargs["data"]) == {
+    assert json.loads(sent_json(kwargs)) == {
         "workspace_status_change": {"workspace_id": 42, "to_status_key": 310}
     }
-    assert kwargs["headers"]["Content-Type"] == "application/json"
     assert_common_headers(kwargs)
 
 
@@ -118,8 +125,8 @@ async def test_request_bodies_are_json_whatever_the_text(
     mocked.put(WS_URL, status=200, payload={"count": 1})
     await client.update_workspace(42, fields)
     kwargs = only_call(mocked, "PUT", WS_URL)
-    assert kwargs["data"] == sent
-    assert json.loads(kwargs["data"]) == {"workspace": fields}
+    assert sent_json(kwargs) == sent
+    assert json.loads(sent) == {"workspace": fields}
 
 
 async def test_outside_context_manager_refuses() -> None:
