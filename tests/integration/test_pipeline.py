@@ -65,6 +65,40 @@ async def test_changes_are_coalesced_ordered_and_written_back(
     assert all(a.request_id for a in attempts)
 
 
+async def test_one_run_sends_a_workspaces_status_changes_one_durable_result_at_a_time(
+    sqlite_store: Store, sandbox: SandboxHandle
+) -> None:
+    ids = await sqlite_store.enqueue(
+        [
+            status(1, 310),
+            update(1, title="between"),
+            status(1, 100),
+            status(1, 310),
+            update(1, title="last"),
+            status(2, 600),
+        ]
+    )
+    async with dispatcher_for(sqlite_store, sandbox) as dispatcher:
+        report = await dispatcher.run()
+    assert report.ended_because == "drained"
+    rows = await all_rows(sqlite_store)
+    assert {rows[i]["state"] for i in ids} == {"succeeded"}
+    assert [rows[i]["attempts"] for i in ids] == [1] * len(ids)
+    assert [c.to_status_key for c in sandbox.state.status_changes(1)] == [310, 100, 310]
+    assert sandbox.state.workspaces[1].to_json()["title"] == "last"
+    # Each later status change was claimed again only after the one before it was written
+    # back: the first claim took workspace 1 up to its second status change.
+    assert report.stats.claimed == len(ids) + 3 + 2
+    async with sqlite_store.engine.connect() as conn:
+        sent = {
+            int(a.change_ids): a.attempted_at
+            for a in (await conn.execute(sa.select(sync_attempts))).all()
+        }
+    first, second, third = ids[0], ids[2], ids[3]
+    assert rows[first]["completed_at"] <= sent[second]
+    assert rows[second]["completed_at"] <= sent[third]
+
+
 async def test_bad_rows_become_invalid_without_a_request(
     sqlite_store: Store, sandbox: SandboxHandle
 ) -> None:

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from worker.changes import Change, Kind
-from worker.planner import PutStep, StatusStep, WorkspacePlan, plan
+from worker.planner import PutStep, StatusStep, WorkspacePlan, one_status_change, plan
 
 
 def upd(cid: int, ws: int = 1, **fields: Any) -> Change:
@@ -524,3 +524,53 @@ def test_plan_is_equivalent_to_one_by_one(specs: list[Any], order: Any) -> None:
         c.id for c in changes
     ]
     assert len({p.workspace_id for p in plans}) == len(plans)
+
+
+# --------------------------------------------------------------------------- one status change
+
+SPLITS = [
+    pytest.param([upd(1, title="a")], [("put", (1,))], [], id="no-status"),
+    pytest.param([st_(1)], [("status", (1,))], [], id="one-status"),
+    pytest.param(
+        [upd(1, title="a"), st_(2), upd(3, title="b")],
+        [("put", (1,)), ("status", (2,)), ("put", (3,))],
+        [],
+        id="updates-around-one-status-stay",
+    ),
+    pytest.param(
+        [st_(1, key=310), st_(2, key=100)],
+        [("status", (1,))],
+        [("status", (2,))],
+        id="second-status-waits",
+    ),
+    pytest.param(
+        [upd(1, title="a"), st_(2, key=310), upd(3, title="b"), st_(4, key=100), upd(5, title="c")],
+        [("put", (1,)), ("status", (2,)), ("put", (3,))],
+        [("status", (4,)), ("put", (5,))],
+        id="the-rest-waits-whole",
+    ),
+    pytest.param(
+        [st_(1, key=310), upd(2, status_key=100)],
+        [("status", (1,))],
+        [("put", (2,))],
+        id="a-put-carrying-a-status-counts",
+    ),
+    pytest.param(
+        [upd(1, status_key=310), upd(2, title="x"), st_(3, key=100)],
+        [("put", (1, 2))],
+        [("status", (3,))],
+        id="merged-put-with-status-then-status",
+    ),
+]
+
+
+@pytest.mark.parametrize(("changes", "now", "later"), SPLITS)
+def test_a_plan_runs_at_most_one_status_change(
+    changes: list[Change], now: list[Any], later: list[Any]
+) -> None:
+    [workspace_plan] = plan(changes)
+    head, rest = one_status_change(workspace_plan)
+    assert shape([head]) == [(1, now)]
+    assert [("put" if isinstance(s, PutStep) else "status", s.change_ids) for s in rest] == later
+    assert head.steps + rest == workspace_plan.steps
+    assert sum(step.sets_status for step in head.steps) <= 1
