@@ -52,7 +52,7 @@ from .writeback import FLUSH_INTERVAL, WriteBuffer
 HEARTBEAT_SECONDS = 5.0
 MIN_IDLE_WAIT = 0.1
 DEAD_AFTER_BEATS = 6
-FLUSH_SIZE = 500
+VALIDATE_CHUNK = 50
 
 
 def utcnow() -> datetime:
@@ -225,6 +225,7 @@ class Dispatcher:
             for task in [*workers, heartbeat]:
                 task.cancel()
             await asyncio.gather(*workers, heartbeat, return_exceptions=True)
+            await self.limiter.settle()
             # The flusher is stopped, never cancelled: a cancelled write-back would roll back.
             flushing_done.set()
             await asyncio.gather(flusher, return_exceptions=True)
@@ -267,7 +268,10 @@ class Dispatcher:
             return []
         self._stats.claimed += len(rows)
         valid: list[Change] = []
-        for row in rows:
+        for index, row in enumerate(rows):
+            if index and not index % VALIDATE_CHUNK:
+                # Validating a whole batch takes milliseconds: let requests that are due go.
+                await asyncio.sleep(0)
             self._held[row.id] = Lease(row.id, row.lease_token)
             try:
                 change = validate_row(row)

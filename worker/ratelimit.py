@@ -11,6 +11,7 @@ linearly while no 429 is seen.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import time
 from collections import deque
@@ -96,6 +97,9 @@ class RateLimiter:
             await self._throttler.acquire()
         return self._clock() - started
 
+    async def settle(self) -> None:
+        """Nothing runs in the background here; for symmetry with the shared limiter."""
+
     def on_throttled(self, retry_after: float | None) -> None:
         """A 429: slow down at once and pause all sending for Retry-After (or a second)."""
         self.throttled += 1
@@ -154,9 +158,13 @@ class SharedRateLimiter:
         self._low_water = 0
         self._offsets: deque[float] = deque(maxlen=OFFSET_SAMPLES)
         self._lock = asyncio.Lock()
+        # The guard allows the full budget: at the paced rate it would hold back every release
+        # that lands a hair under one second after the one a budget earlier.
         self._throttler = Throttler(
-            rate_limit=max(1, math.floor(self.budget)), period=1.0, retry_interval=0.002
+            rate_limit=max(1, math.floor(budget)), period=1.0, retry_interval=0.002
         )
+        self._refilling: asyncio.Task[None] | None = None
+        self._generation = 0
         self.throttled = 0
         self.skipped = 0
 
@@ -181,20 +189,40 @@ class SharedRateLimiter:
         given, and the server's one-second window would see more than the budget.
         """
         while True:
-            if len(self._slots) <= self._low_water:
-                # Reserve the next block before this one runs out: it then continues the
-                # schedule where this one ends, with no gap while the reservation travels.
-                await self._refill()
+            if len(self._slots) <= self._low_water and self._refilling is None:
+                # Reserve the next block before this one runs out, in the background: it then
+                # continues the schedule where this one ends, and the slots in hand keep being
+                # released while the reservation travels (or waits for SQLite's write lock).
+                self._refilling = asyncio.create_task(self._refill())
+                self._refilling.add_done_callback(_retrieve)
+            if not self._slots:
+                assert self._refilling is not None
+                await asyncio.shield(self._refilling)
+                continue
             slot = self._slots.popleft()
             if slot >= self._clock() - LATE_TOLERANCE:
                 return slot
             self.skipped += 1
 
     async def _refill(self) -> None:
+        try:
+            await self._reserve()
+        finally:
+            self._refilling = None
+
+    async def _reserve(self) -> None:
         count = max(1, round(self._rate * self._block_seconds))
         self._low_water = count // 2
         throttled, self._pending_throttle = self._pending_throttle, None
-        block = await self._source(count, throttled)
+        generation = self._generation
+        try:
+            block = await self._source(count, throttled)
+        except BaseException:
+            if throttled is not None:
+                self._pending_throttle = max(self._pending_throttle or 0.0, throttled)
+            raise
+        if generation != self._generation:
+            return  # a 429 came while this block was reserved at the old rate: drop it
         offset = self._offset(block)
         self._rate = 1.0 / block.spacing
         self._slots.extend(block.first + i * block.spacing - offset for i in range(block.count))
@@ -211,7 +239,20 @@ class SharedRateLimiter:
         self._offsets.append(block.now - local)
         return max(self._offsets)
 
+    async def settle(self) -> None:
+        """Wait for a reservation still under way (at the end of a run)."""
+        if self._refilling is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.shield(self._refilling)
+
     def on_throttled(self, retry_after: float | None) -> None:
         self.throttled += 1
+        self._generation += 1
         self._slots.clear()
         self._pending_throttle = max(self._pending_throttle or 0.0, retry_after or 0.0)
+
+
+def _retrieve(task: asyncio.Task[None]) -> None:
+    """Mark a background reservation's failure as seen; the next acquire reserves again."""
+    if not task.cancelled():
+        task.exception()

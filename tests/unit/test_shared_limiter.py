@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from worker.ratelimit import SharedRateLimiter, SlotBlock
@@ -58,3 +60,62 @@ async def test_a_429_is_reported_with_the_next_reservation_and_drops_slots() -> 
     await limiter._refill()
     assert seen == [None, 2.5]
     assert limiter.rate == pytest.approx(50)
+
+
+class GatedSource:
+    """A slot source whose replies wait until the test opens the gate (a slow reservation)."""
+
+    def __init__(self, clock: FakeClock, spacing: float = 0.01) -> None:
+        self.clock, self.spacing = clock, spacing
+        self.gate = asyncio.Event()
+        self.gate.set()
+        self.calls: list[float | None] = []
+        self.next_first = clock.now
+
+    async def __call__(self, count: int, throttled: float | None) -> SlotBlock:
+        self.calls.append(throttled)
+        read_at, first = self.clock.now, max(self.next_first, self.clock.now)
+        self.next_first = first + count * self.spacing
+        await self.gate.wait()
+        return SlotBlock(now=read_at, first=first, spacing=self.spacing, count=count, local=read_at)
+
+
+async def test_slots_in_hand_keep_going_while_the_next_block_is_reserved() -> None:
+    clock = FakeClock()
+    source = GatedSource(clock)
+    limiter = SharedRateLimiter(100 / 0.98, source, block_seconds=0.1, clock=clock)
+    await limiter.acquire()  # reserves the first block of 10 slots and takes one
+    source.gate.clear()  # every later reservation hangs until the gate opens
+    for _ in range(9):  # the rest of the block: none of these may wait for the reservation
+        clock.now += 0.01
+        await asyncio.wait_for(limiter.acquire(), timeout=1)
+    assert len(source.calls) == 2  # the next block was asked for at half the first
+    assert limiter._refilling is not None  # ... and is still on its way
+    clock.now += 0.01
+    waiting = asyncio.create_task(limiter.acquire())
+    await asyncio.sleep(0.01)
+    assert not waiting.done()  # now the slots in hand are gone: wait for the block
+    source.gate.set()
+    await asyncio.wait_for(waiting, timeout=1)
+    await limiter.settle()
+    assert limiter._refilling is None
+
+
+async def test_a_block_reserved_before_a_429_is_dropped() -> None:
+    clock = FakeClock()
+    source = GatedSource(clock)
+    limiter = SharedRateLimiter(100 / 0.98, source, block_seconds=0.1, clock=clock)
+    await limiter.acquire()
+    source.gate.clear()
+    for _ in range(5):  # reach the low-water mark: the next block is reserved at the old rate
+        clock.now += 0.01
+        await limiter.acquire()
+    await asyncio.sleep(0)  # the reservation is on its way
+    assert source.calls == [None, None]
+    limiter.on_throttled(1.0)  # a 429 while it is on its way
+    source.gate.set()
+    await limiter.settle()
+    assert not limiter._slots  # the stale block was not used
+    clock.now += 0.01
+    await asyncio.wait_for(limiter.acquire(), timeout=1)
+    assert source.calls[-1] == 1.0  # the 429 went out with the next reservation
