@@ -133,6 +133,7 @@ class Coordinator:
         ``throttled`` is the Retry-After of a 429 this worker saw (0 when none was given).
         """
         async with transaction(self.engine, "reserving rate budget") as conn:
+            sent = time.monotonic()
             now = await self._db_now(conn)
             local = time.monotonic()
             await self._ensure_row(conn, key, budget, now)
@@ -165,7 +166,7 @@ class Coordinator:
             await conn.execute(
                 sa.update(sync_rate_limits).where(r.token_key == key).values(**values)
             )
-            return replace(reservation, local=local)
+            return replace(reservation, local=local, sent=sent)
 
     async def _ensure_row(self, conn: AsyncConnection, key: str, budget: float, now: float) -> None:
         values = {"token_key": key, "budget": budget, "rate": budget, "changed_at": now}

@@ -15,7 +15,7 @@ import contextlib
 import math
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -29,6 +29,9 @@ OFFSET_SAMPLES = 64
 """Recent clock-offset samples kept; the window follows slow drift between clocks."""
 LATE_TOLERANCE = 0.005
 """Seconds a shared slot may be late before it is given up."""
+GOOD_ROUND_TRIP = 0.002
+"""A clock sample whose round trip took longer than this may be off by as much."""
+CLOCK_RETRIES = 5
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,6 +131,9 @@ class SlotBlock:
     count: int
     local: float | None = None
     """Our monotonic clock when the source read ``now``; None means "on arrival"."""
+    sent: float | None = None
+    """Our monotonic clock when the request for this block left; with ``local`` it bounds the
+    round trip, and so the error of the clock sample."""
 
 
 class SharedRateLimiter:
@@ -147,9 +153,11 @@ class SharedRateLimiter:
         headroom: float = HEADROOM,
         block_seconds: float = 0.1,
         clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         self.budget = budget * headroom
         self._source = source
+        self._sleep = sleep
         self._block_seconds = block_seconds
         self._clock = clock
         self._slots: deque[float] = deque()
@@ -157,6 +165,8 @@ class SharedRateLimiter:
         self._pending_throttle: float | None = None
         self._low_water = 0
         self._offsets: deque[float] = deque(maxlen=OFFSET_SAMPLES)
+        self._calibrated = False
+        """Whether the first reservation has looked for a quick clock sample."""
         self._lock = asyncio.Lock()
         # The guard allows the full budget: at the paced rate it would hold back every release
         # that lands a hair under one second after the one a budget earlier.
@@ -175,11 +185,17 @@ class SharedRateLimiter:
     async def acquire(self) -> float:
         started = self._clock()
         async with self._lock:
-            slot = await self._next_slot()
-            wait = slot - self._clock()
-            if wait > 0:
-                await asyncio.sleep(wait)
-            await self._throttler.acquire()
+            while True:
+                slot = await self._next_slot()
+                wait = slot - self._clock()
+                if wait > 0:
+                    await self._sleep(wait)
+                await self._throttler.acquire()
+                if self._clock() - slot <= LATE_TOLERANCE:
+                    break
+                # The loop woke late (it was busy, or the process was not scheduled): this
+                # slot's time is gone, and sending now would crowd the next holder's.
+                self.skipped += 1
         return self._clock() - started
 
     async def _next_slot(self) -> float:
@@ -224,6 +240,16 @@ class SharedRateLimiter:
         if generation != self._generation:
             return  # a 429 came while this block was reserved at the old rate: drop it
         offset = self._offset(block)
+        if not self._calibrated:
+            # A first sample that came back slowly (the loop was busy at start-up) could place
+            # the whole schedule late. A few more readings, taking no slots, find a quick one.
+            sample = block
+            for _ in range(CLOCK_RETRIES):
+                if _quick(sample):
+                    break
+                sample = await self._source(0, None)
+                offset = self._offset(sample)
+            self._calibrated = True
         self._rate = 1.0 / block.spacing
         self._slots.extend(block.first + i * block.spacing - offset for i in range(block.count))
 
@@ -250,6 +276,13 @@ class SharedRateLimiter:
         self._generation += 1
         self._slots.clear()
         self._pending_throttle = max(self._pending_throttle or 0.0, retry_after or 0.0)
+
+
+def _quick(block: SlotBlock) -> bool:
+    """Whether a block's clock sample came back within :data:`GOOD_ROUND_TRIP` (or untimed)."""
+    if block.sent is None or block.local is None:
+        return True
+    return block.local - block.sent <= GOOD_ROUND_TRIP
 
 
 def _retrieve(task: asyncio.Task[None]) -> None:

@@ -119,3 +119,47 @@ async def test_a_block_reserved_before_a_429_is_dropped() -> None:
     clock.now += 0.01
     await asyncio.wait_for(limiter.acquire(), timeout=1)
     assert source.calls[-1] == 1.0  # the 429 went out with the next reservation
+
+
+async def test_a_slot_overslept_by_a_busy_loop_is_given_up_not_sent_late() -> None:
+    clock = FakeClock()
+    oversleep = [0.03]  # the first sleep wakes 30 ms late, as on a busy loop
+
+    async def sleep(seconds: float) -> None:
+        clock.now += seconds + (oversleep.pop() if oversleep else 0.0)
+
+    source = GatedSource(clock, spacing=0.01)
+    source.next_first = clock.now + 0.01  # slots at 100.01, 100.02, ...
+    limiter = SharedRateLimiter(100 / 0.98, source, block_seconds=0.1, clock=clock, sleep=sleep)
+    await limiter.acquire()
+    # Woken at 100.04: 100.01 (overslept), 100.02 and 100.03 are gone; 100.04 is on time.
+    assert clock.now == pytest.approx(100.04)
+    assert limiter.skipped == 3
+    assert limiter._slots[0] == pytest.approx(100.05)
+
+
+async def test_a_slow_first_clock_sample_is_replaced_by_a_quick_one() -> None:
+    clock = FakeClock()
+    calls: list[int] = []
+    # The source's clock is 1000 s ahead. The first reply was read 40 ms after the source's
+    # reading (a busy loop); the extra readings come back in 1 ms.
+    round_trips = iter([0.040, 0.030, 0.001, 0.001])
+
+    async def source(count: int, throttled: float | None) -> SlotBlock:
+        calls.append(count)
+        rtt = next(round_trips)
+        return SlotBlock(
+            now=clock.now + 1000.0,
+            first=clock.now + 1000.0,
+            spacing=0.01,
+            count=count,
+            local=clock.now + rtt,
+            sent=clock.now,
+        )
+
+    limiter = SharedRateLimiter(100 / 0.98, source, block_seconds=0.1, clock=clock)
+    await limiter._refill()
+    assert calls == [10, 0, 0]  # two readings taking no slots, until a quick one
+    assert limiter._slots[0] == pytest.approx(100.0 + 0.001)  # placed by the quick sample
+    await limiter._refill()
+    assert calls == [10, 0, 0, 10]  # calibrated once: later blocks need no extra readings
