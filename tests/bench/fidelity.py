@@ -2,14 +2,17 @@
 
 The sandbox answers 429 to any request that would put more than the budget in one second. The
 achieved rate is counted on the sandbox's side (accepted requests between two reads of its
-statistics), over a 30 s window that starts 2 s after the first request. Then the same with 4
-workers on PostgreSQL sharing the budget: through the database (``sync_rate_limits``) when the
+statistics), over a 30 s window that starts 2 s after the first request; three runs each, on a
+fresh sandbox and database, and the median is the figure. Then the same with 4 workers on
+PostgreSQL sharing the budget: through the database (``sync_rate_limits``) when the
 worker uses it, otherwise with a stand-in of budget/4 configured per worker.
 """
 
 from __future__ import annotations
 
+import itertools
 import time
+from dataclasses import dataclass
 
 from harness import (
     BenchError,
@@ -24,6 +27,7 @@ from harness import (
     database,
     fmt_pct,
     log,
+    median,
     run_worker,
     sandbox,
     worker_env,
@@ -34,6 +38,8 @@ BUDGET = 200
 TARGET = 0.97
 WARMUP = 2.0
 WORKSPACES = 2000
+RUNS = 3
+"""Runs per configuration (at most; ``--repeats`` can ask for fewer)."""
 
 
 def _accepted(stats: dict[str, object]) -> int:
@@ -54,114 +60,143 @@ def shared_budget_in_use(db: Database, sb: Sandbox, ctx: Context) -> bool:
 def measure(ctx: Context) -> Outcome:
     seconds = 6.0 if ctx.quick else 30.0
     windows = 2 if ctx.quick else 3
+    repeats = min(ctx.repeats, RUNS)
     outcome = Outcome()
     detail = Table(
         f"Rate-limit fidelity: budget {BUDGET}/s, sandbox strict at {BUDGET}/s, "
         f"{seconds:.0f} s window",
         [
             "config",
-            "window",
+            "run",
             "accepted",
             "seconds",
             "achieved/s",
             "of budget",
+            f"slowest {seconds / windows:.0f} s",
             "429s (whole run)",
             "busiest second (accepted, received)",
         ],
     )
     configs = [("sqlite", 1)] + ([("postgresql", 4)] if ctx.postgres else [])
     for backend, workers in configs:
-        label = f"{workers} worker{'s' if workers > 1 else ''}, {backend}"
-        log(f"fidelity: {label}")
-        passes = 4 * max(1, round(BUDGET * (seconds + WARMUP + 10) / WORKSPACES / 4 + 0.5))
-        with sandbox(WORKSPACES, rate_limit=BUDGET) as sb, database(backend, ctx.tmp) as db:
-            per_worker: float = BUDGET
-            if workers > 1:
-                if shared_budget_in_use(db, sb, ctx):
-                    label += ", shared budget"
-                else:
-                    per_worker = BUDGET / workers
-                    label += f", stand-in {per_worker:g}/s each"
-                    detail.notes.append(
-                        f"{label}: the worker does not share the budget through the database "
-                        f"(no sync_rate_limits row after a probe run), so each worker was "
-                        f"configured with {per_worker:g}/s"
-                    )
-            db.seed(cycle_rows(WORKSPACES, passes, tag="fidelity"))
-            sb.reset_stats()
-            procs = [
-                WorkerProcess(
-                    worker_env(
-                        db.url,
-                        sb.url,
-                        rate_limit=per_worker,
-                        concurrency=ctx.concurrency,
-                        name=f"bench-{i}",
-                    ),
-                    ctx.tmp,
-                )
-                for i in range(workers)
-            ]
-            try:
-                deadline = time.monotonic() + 30
-                while sb.stats()["total"] == 0:
-                    if time.monotonic() > deadline:
-                        raise BenchError("no request reached the sandbox within 30 s")
-                    time.sleep(0.05)
-                time.sleep(WARMUP)
-                marks = [(time.monotonic(), _accepted(sb.stats()))]
-                for k in range(1, windows + 1):
-                    time.sleep(max(0.0, marks[0][0] + seconds * k / windows - time.monotonic()))
-                    marks.append((time.monotonic(), _accepted(sb.stats())))
-            finally:
-                for proc in procs:
-                    proc.stop()
-                results = [proc.wait(60) for proc in procs]
-            for result in results:
-                check_exit(result)
-            stats = sb.stats()
-            remaining = db.state_counts().get("pending", 0)
-        if remaining == 0:
-            raise BenchError(f"{label}: the queue drained before the window ended")
-        throttled = int(stats["total_429"])
-        busiest = f"{stats['max_accepted_per_second']}, {stats['max_received_per_second']}"
-        for k in range(1, len(marks)):
-            (t0, a0), (t1, a1) = marks[k - 1], marks[k]
-            rate = (a1 - a0) / (t1 - t0)
+        rates: list[float] = []
+        throttled: list[int] = []
+        label = ""
+        for repeat in range(repeats):
+            label, run = _one_run(ctx, backend, workers, seconds, windows, detail)
+            log(f"fidelity: {label}, run {repeat + 1}/{repeats}: {run.rate:.1f}/s")
+            rates.append(run.rate)
+            throttled.append(run.throttled)
             detail.add(
                 label,
-                f"{k}/{windows}",
-                a1 - a0,
-                f"{t1 - t0:.2f}",
-                f"{rate:.1f}",
-                fmt_pct(rate / BUDGET),
-                "",
-                "",
+                repeat + 1,
+                run.accepted,
+                f"{run.seconds:.2f}",
+                f"{run.rate:.1f}",
+                fmt_pct(run.rate / BUDGET),
+                fmt_pct(run.slowest / BUDGET),
+                run.throttled,
+                run.busiest,
             )
-        (t0, a0), (t1, a1) = marks[0], marks[-1]
-        rate = (a1 - a0) / (t1 - t0)
-        detail.add(
-            label,
-            "whole",
-            a1 - a0,
-            f"{t1 - t0:.2f}",
-            f"{rate:.1f}",
-            fmt_pct(rate / BUDGET),
-            throttled,
-            busiest,
-        )
+        rate = median(rates)
+        detail.add(label, "median", "", "", f"{rate:.1f}", fmt_pct(rate / BUDGET), "", "", "")
+        runs_with_429 = sum(1 for n in throttled if n)
         outcome.findings.append(
             Finding(
                 f"2. Rate-limit fidelity, {label}",
-                f"{rate:.1f}/s = {fmt_pct(rate / BUDGET)} of {BUDGET}/s over {t1 - t0:.0f} s; "
-                f"{throttled} x 429",
+                f"{rate:.1f}/s = {fmt_pct(rate / BUDGET)} of {BUDGET}/s over {seconds:.0f} s "
+                f"(median of {repeats}); 429s in {runs_with_429} of {repeats} runs "
+                f"({sum(throttled)} in all)",
                 f">= {TARGET:.0%}, 0 x 429",
-                rate >= TARGET * BUDGET and throttled == 0,
+                rate >= TARGET * BUDGET and not any(throttled),
             )
         )
     detail.notes.append(
-        "accepted = requests the sandbox did not answer 429, read from its statistics; "
-        "'busiest second' is the sandbox's maximum over every one-second window of the run"
+        "accepted = requests the sandbox did not answer 429, read from its statistics, from "
+        f"{WARMUP:g} s after the first request; 'slowest' is the lowest rate of the "
+        f"{windows} equal parts of the window; 'busiest second' is the sandbox's maximum over "
+        "every one-second window of the run"
     )
     outcome.tables.append(detail)
     return outcome
+
+
+@dataclass(frozen=True)
+class FidelityRun:
+    accepted: int
+    seconds: float
+    slowest: float
+    throttled: int
+    busiest: str
+
+    @property
+    def rate(self) -> float:
+        return self.accepted / self.seconds
+
+
+def _one_run(
+    ctx: Context, backend: str, workers: int, seconds: float, windows: int, detail: Table
+) -> tuple[str, FidelityRun]:
+    """One run on a fresh sandbox and database: the workers' label and what the sandbox saw."""
+    label = f"{workers} worker{'s' if workers > 1 else ''}, {backend}"
+    passes = 4 * max(1, round(BUDGET * (seconds + WARMUP + 10) / WORKSPACES / 4 + 0.5))
+    with sandbox(WORKSPACES, rate_limit=BUDGET) as sb, database(backend, ctx.tmp) as db:
+        per_worker: float = BUDGET
+        if workers > 1:
+            if shared_budget_in_use(db, sb, ctx):
+                label += ", shared budget"
+            else:
+                per_worker = BUDGET / workers
+                label += f", stand-in {per_worker:g}/s each"
+                note = (
+                    f"{label}: the worker does not share the budget through the database "
+                    f"(no sync_rate_limits row after a probe run), so each worker was "
+                    f"configured with {per_worker:g}/s"
+                )
+                if note not in detail.notes:
+                    detail.notes.append(note)
+        db.seed(cycle_rows(WORKSPACES, passes, tag="fidelity"))
+        sb.reset_stats()
+        procs = [
+            WorkerProcess(
+                worker_env(
+                    db.url,
+                    sb.url,
+                    rate_limit=per_worker,
+                    concurrency=ctx.concurrency,
+                    name=f"bench-{i}",
+                ),
+                ctx.tmp,
+            )
+            for i in range(workers)
+        ]
+        try:
+            deadline = time.monotonic() + 30
+            while sb.stats()["total"] == 0:
+                if time.monotonic() > deadline:
+                    raise BenchError("no request reached the sandbox within 30 s")
+                time.sleep(0.05)
+            time.sleep(WARMUP)
+            marks = [(time.monotonic(), _accepted(sb.stats()))]
+            for k in range(1, windows + 1):
+                time.sleep(max(0.0, marks[0][0] + seconds * k / windows - time.monotonic()))
+                marks.append((time.monotonic(), _accepted(sb.stats())))
+        finally:
+            for proc in procs:
+                proc.stop()
+            results = [proc.wait(60) for proc in procs]
+        for result in results:
+            check_exit(result)
+        stats = sb.stats()
+        remaining = db.state_counts().get("pending", 0)
+    if remaining == 0:
+        raise BenchError(f"{label}: the queue drained before the window ended")
+    slowest = min((a1 - a0) / (t1 - t0) for (t0, a0), (t1, a1) in itertools.pairwise(marks))
+    (t0, a0), (t1, a1) = marks[0], marks[-1]
+    return label, FidelityRun(
+        accepted=a1 - a0,
+        seconds=t1 - t0,
+        slowest=slowest,
+        throttled=int(stats["total_429"]),
+        busiest=f"{stats['max_accepted_per_second']}, {stats['max_received_per_second']}",
+    )
