@@ -28,7 +28,7 @@ from .changes import (
     State,
 )
 from .db import transaction, translate_errors
-from .models import sync_changes, sync_runs, sync_workers
+from .models import UTCDateTime, sync_changes, sync_runs, sync_workers
 
 c = sync_changes.c
 CLAIM_LOCK_KEY = 0x6B616E74  # serialises claims on PostgreSQL: workspaces never in two hands
@@ -71,6 +71,7 @@ class Store:
         self.engine = engine
         self.dialect = engine.dialect.name
         self._batch = BatchStatements(self.dialect)
+        self._claims = _ClaimStatements(self.dialect, self._batch, self._text)
         self._lock_rows = (
             sa.select(c.id).where(self._batch.in_list(c.id, "ids")).order_by(c.id).with_for_update()
         )
@@ -120,26 +121,11 @@ class Store:
         self, conn: AsyncConnection, now: datetime, dead_after: float | None = None
     ) -> int:
         """Return to pending what expired leases hold, and what dead workers hold."""
-        taken_over = c.lease_expires_at < now
-        if dead_after is not None:
-            dead = sa.select(sync_workers.c.name).where(
-                sync_workers.c.heartbeat_at < now - timedelta(seconds=dead_after)
-            )
-            taken_over = sa.or_(taken_over, c.lease_owner.in_(dead))
-        expired = sa.select(c.id).where(c.state == State.IN_FLIGHT, taken_over).order_by(c.id)
-        if self.dialect == "postgresql":
-            expired = expired.with_for_update()  # locked in ID order, like every other writer
-        result = await conn.execute(
-            sa.update(sync_changes)
-            .where(c.id.in_(expired.scalar_subquery()))
-            .values(
-                state=State.PENDING,
-                lease_owner=None,
-                lease_expires_at=None,
-                lease_token=c.lease_token + 1,
-                updated_at=now,
-            )
-        )
+        if dead_after is None:
+            result = await conn.execute(self._claims.reclaim, {"now": now})
+        else:
+            cutoff = now - timedelta(seconds=dead_after)
+            result = await conn.execute(self._claims.reclaim_dead, {"now": now, "dead": cutoff})
         return result.rowcount
 
     async def claim(
@@ -156,59 +142,26 @@ class Store:
         are then taken too, workspace by workspace, while the batch has room. Several queued
         updates of one workspace so travel together and merge into one PUT.
         """
-        due = sa.or_(c.next_attempt_at.is_(None), c.next_attempt_at <= now)
-        first = (
-            sa.select(c.id, c.workspace_id)
-            .where(c.state == State.PENDING, due, *_next_in_line(now))
-            .order_by(c.id)
-            .limit(limit)
-        )
-        if self.dialect == "postgresql":
-            first = first.with_for_update(skip_locked=True, of=sync_changes)
+        claims = self._claims
         async with transaction(self.engine, "claiming changes") as conn:
             if self.dialect == "postgresql":
-                await conn.execute(sa.select(sa.func.pg_advisory_xact_lock(CLAIM_LOCK_KEY)))
+                await conn.execute(claims.serialise)
             await self.reclaim_expired(conn, now, dead_after)
-            found = (await conn.execute(first)).all()
+            found = (await conn.execute(claims.first, {"now": now, "limit": limit})).all()
             if not found:
                 return []
             workspaces = list(dict.fromkeys(workspace_id for _, workspace_id in found))
             ahead = workspaces[: max(1, limit // CLAIM_LOOKAHEAD)]
-            # Ordering by ``id + 0`` (sorted afterwards, a few hundred rows) keeps SQLite on the
-            # workspace index instead of walking the whole queue in ID order.
-            queued = (
-                sa.select(c.id, c.workspace_id)
-                .where(self._batch.in_list(c.workspace_id, "ahead"), c.state == State.PENDING, due)
-                .order_by(c.id + 0)
-                .limit(limit)
-            )
-            if self.dialect == "postgresql":
-                queued = queued.with_for_update(skip_locked=True, of=sync_changes)
-            queued_rows = (await conn.execute(queued, {"ahead": self._batch.ids(ahead)})).all()
-            ids = _whole_prefixes(queued_rows, found, limit)
-            result = await conn.execute(
-                sa.update(sync_changes)
-                .where(self._batch.in_list(c.id, "ids"))
-                .values(
-                    state=State.IN_FLIGHT,
-                    lease_owner=owner,
-                    lease_expires_at=now + timedelta(seconds=lease_seconds),
-                    lease_token=c.lease_token + 1,
-                    updated_at=now,
-                )
-                .returning(
-                    c.id,
-                    c.workspace_id,
-                    self._text(c.kind),
-                    self._text(c.payload),
-                    self._text(c.source_ref),
-                    c.attempts,
-                    c.lease_token,
-                    c.http_status,
-                ),
-                {"ids": self._batch.ids(ids)},
-            )
-            rows = [ClaimedRow(*row) for row in result.all()]
+            params = {"now": now, "limit": limit, "ahead": self._batch.ids(ahead)}
+            queued = (await conn.execute(claims.queued, params)).all()
+            ids = _whole_prefixes(queued, found, limit)
+            params = {
+                "ids": self._batch.ids(ids),
+                "owner": owner,
+                "expires": now + timedelta(seconds=lease_seconds),
+                "now": now,
+            }
+            rows = [ClaimedRow(*row) for row in (await conn.execute(claims.take, params)).all()]
         rows.sort(key=lambda row: row.id)
         return rows
 
@@ -451,7 +404,82 @@ class Store:
             return sorted(result.scalars().all())
 
 
-def _blocked_workspaces(now: datetime, *, waiting: bool = True) -> sa.Select[Any]:
+class _ClaimStatements:
+    """The statements of a claim, built once per store; ``now``, ``limit`` and the rest are
+    bound at each claim."""
+
+    def __init__(self, dialect: str, batch: BatchStatements, text: Any) -> None:
+        now = sa.bindparam("now", type_=UTCDateTime)
+        limit = sa.bindparam("limit", type_=sa.Integer)
+        due = sa.or_(c.next_attempt_at.is_(None), c.next_attempt_at <= now)
+        postgres = dialect == "postgresql"
+        self.serialise = sa.select(sa.func.pg_advisory_xact_lock(CLAIM_LOCK_KEY))
+        self.reclaim = self._reclaim(c.lease_expires_at < now, postgres)
+        dead = sa.select(sync_workers.c.name).where(
+            sync_workers.c.heartbeat_at < sa.bindparam("dead", type_=UTCDateTime)
+        )
+        self.reclaim_dead = self._reclaim(
+            sa.or_(c.lease_expires_at < now, c.lease_owner.in_(dead)), postgres
+        )
+        first = (
+            sa.select(c.id, c.workspace_id)
+            .where(c.state == State.PENDING, due, *_next_in_line(now))
+            .order_by(c.id)
+            .limit(limit)
+        )
+        # Ordering by ``id + 0`` (sorted afterwards, a few hundred rows) keeps SQLite on the
+        # workspace index instead of walking the whole queue in ID order.
+        queued = (
+            sa.select(c.id, c.workspace_id)
+            .where(batch.in_list(c.workspace_id, "ahead"), c.state == State.PENDING, due)
+            .order_by(c.id + 0)
+            .limit(limit)
+        )
+        if postgres:
+            first = first.with_for_update(skip_locked=True, of=sync_changes)
+            queued = queued.with_for_update(skip_locked=True, of=sync_changes)
+        self.first, self.queued = first, queued
+        self.take = (
+            sa.update(sync_changes)
+            .where(batch.in_list(c.id, "ids"))
+            .values(
+                state=State.IN_FLIGHT,
+                lease_owner=sa.bindparam("owner", type_=sa.Text),
+                lease_expires_at=sa.bindparam("expires", type_=UTCDateTime),
+                lease_token=c.lease_token + 1,
+                updated_at=now,
+            )
+            .returning(
+                c.id,
+                c.workspace_id,
+                text(c.kind),
+                text(c.payload),
+                text(c.source_ref),
+                c.attempts,
+                c.lease_token,
+                c.http_status,
+            )
+        )
+
+    @staticmethod
+    def _reclaim(taken_over: sa.ColumnElement[bool], postgres: bool) -> Any:
+        expired = sa.select(c.id).where(c.state == State.IN_FLIGHT, taken_over).order_by(c.id)
+        if postgres:
+            expired = expired.with_for_update()  # locked in ID order, like every other writer
+        return (
+            sa.update(sync_changes)
+            .where(c.id.in_(expired.scalar_subquery()))
+            .values(
+                state=State.PENDING,
+                lease_owner=None,
+                lease_expires_at=None,
+                lease_token=c.lease_token + 1,
+                updated_at=sa.bindparam("now", type_=UTCDateTime),
+            )
+        )
+
+
+def _blocked_workspaces(now: Any, *, waiting: bool = True) -> sa.Select[Any]:
     """Workspaces with a change in flight (or, with ``waiting``, one waiting for a retry).
 
     They are few and come from index scans, so a claim stays an index walk in ID order
@@ -469,7 +497,7 @@ def _blocked_workspaces(now: datetime, *, waiting: bool = True) -> sa.Select[Any
     return sa.select(subquery.c.workspace_id)
 
 
-def _next_in_line(now: datetime) -> list[sa.ColumnElement[bool]]:
+def _next_in_line(now: Any) -> list[sa.ColumnElement[bool]]:
     """A pending change may go only when nothing of its workspace is in flight or waiting."""
     return [c.workspace_id.not_in(_blocked_workspaces(now))]
 
