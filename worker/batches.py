@@ -1,10 +1,11 @@
 """Batched writes, one statement each: the rows travel as a single JSON parameter.
 
 A flush writes hundreds of results, releases and attempt records. Handing them to the database
-as one JSON array that it unpacks itself (``json_each`` on SQLite, ``jsonb_to_recordset`` on
-PostgreSQL) costs one ``json.dumps`` in Python, where an executemany would run SQLAlchemy's
-parameter processing once per row on the event loop. The statements are built once per dialect;
-the JSON is the only thing that varies, and it is still a bound parameter.
+as one JSON array of arrays that it unpacks itself (``json_each`` on SQLite,
+``jsonb_array_elements`` on PostgreSQL) costs one ``json.dumps`` in Python, where an
+executemany would run SQLAlchemy's parameter processing once per row on the event loop. The
+statements are built once per dialect; the JSON is the only thing that varies, and it is still a
+bound parameter.
 
 Timestamps inside the JSON are written the way each dialect stores :class:`UTCDateTime`: naive
 UTC text on SQLite (the format SQLAlchemy uses, so that stored values compare as text), ISO 8601
@@ -138,19 +139,28 @@ class BatchStatements:
         return list(values) if self.dialect == "postgresql" else _dumps(list(values))
 
     def _rows(self, fields: tuple[tuple[str, sa.types.TypeEngine[Any]], ...]) -> Any:
-        """The JSON parameter ``batch`` as a table with ``fields`` as columns."""
+        """The JSON parameter ``batch``, an array of arrays, as a table with ``fields``.
+
+        Rows are arrays in the order of ``fields`` rather than objects: shorter to encode,
+        and SQLite picks an array element about twice as fast as an object member.
+        """
         batch = sa.bindparam("batch", type_=sa.Text())
         if self.dialect == "postgresql":
-            return (
-                sa.func.jsonb_to_recordset(sa.cast(batch, postgresql.JSONB))
-                .table_valued(*(sa.column(name, type_) for name, type_ in fields))
-                .render_derived(name="batch_rows", with_types=True)
+            each: Any = (
+                sa.func.jsonb_array_elements(sa.cast(batch, postgresql.JSONB))
+                .table_valued("value")
+                .alias("batch_each")
             )
-        each = sa.func.json_each(batch).table_valued("value").alias("batch_rows")
-        columns = [
-            sa.func.json_extract(each.c.value, f"$.{name}", type_=type_).label(name)
-            for name, type_ in fields
-        ]
+            columns = [
+                sa.cast(each.c.value.op("->>")(index), type_).label(name)
+                for index, (name, type_) in enumerate(fields)
+            ]
+        else:
+            each = sa.func.json_each(batch).table_valued("value").alias("batch_each")
+            columns = [
+                sa.func.json_extract(each.c.value, f"$[{index}]", type_=type_).label(name)
+                for index, (name, type_) in enumerate(fields)
+            ]
         return sa.select(*columns).select_from(each).subquery("batch_rows")
 
     def results(self, results: Sequence[Result], now: datetime) -> str:
@@ -158,44 +168,44 @@ class BatchStatements:
         ts = self._timestamp
         return _dumps(
             [
-                {
-                    "id": r.change_id,
-                    "token": r.lease_token,
-                    "state": str(r.state),
-                    "outcome": str(r.outcome) if r.outcome is not None else None,
-                    "attempts": r.attempts,
-                    "http_status": r.http_status,
-                    "error_type": r.error_type,
-                    "error_message": r.error_message,
-                    "error_field": r.error_field,
-                    "result": _dumps(r.result) if r.result is not None else None,
-                    "next_attempt_at": ts(r.next_attempt_at) if r.next_attempt_at else None,
-                    "merged_into_id": r.merged_into_id,
-                    "completed_at": completed if r.state in FINAL_STATES else None,
-                }
+                (  # in the order of RESULT_FIELDS
+                    r.change_id,
+                    r.lease_token,
+                    str(r.state),
+                    str(r.outcome) if r.outcome is not None else None,
+                    r.attempts,
+                    r.http_status,
+                    r.error_type,
+                    r.error_message,
+                    r.error_field,
+                    _dumps(r.result) if r.result is not None else None,
+                    ts(r.next_attempt_at) if r.next_attempt_at else None,
+                    r.merged_into_id,
+                    completed if r.state in FINAL_STATES else None,
+                )
                 for r in results
             ]
         )
 
     def leases(self, leases: Sequence[Lease]) -> str:
-        return _dumps([{"id": lease.change_id, "token": lease.token} for lease in leases])
+        return _dumps([(lease.change_id, lease.token) for lease in leases])
 
     def attempts(self, records: Sequence[AttemptRecord], now: datetime) -> str:
         ts = self._timestamp
         return _dumps(
             [
-                {
-                    "run_id": r.run_id,
-                    "change_ids": ",".join(map(str, r.change_ids)),
-                    "workspace_id": r.workspace_id,
-                    "endpoint": r.endpoint,
-                    "http_status": r.http_status,
-                    "duration_ms": round(r.duration_ms, 3),
-                    "error_type": r.error_type,
-                    "error_message": r.error_message,
-                    "request_id": r.request_id,
-                    "attempted_at": ts(r.attempted_at or now),
-                }
+                (  # in the order of ATTEMPT_FIELDS
+                    r.run_id,
+                    ",".join(map(str, r.change_ids)),
+                    r.workspace_id,
+                    r.endpoint,
+                    r.http_status,
+                    round(r.duration_ms, 3),
+                    r.error_type,
+                    r.error_message,
+                    r.request_id,
+                    ts(r.attempted_at or now),
+                )
                 for r in records
             ]
         )
