@@ -235,3 +235,36 @@ async def test_next_due_skips_changes_queued_behind_another_worker(store: Store)
     due = await store.next_due(later, later + timedelta(seconds=120))
     assert due == NOW + timedelta(seconds=60)  # when the other worker's lease runs out
     assert await store.next_due(later, later + timedelta(seconds=30)) is None
+
+
+async def test_timestamps_written_in_batches_read_back_exactly(store: Store) -> None:
+    """Times inside the batched JSON are stored as the model's own columns store them."""
+    ids = await store.enqueue([update(1, "a"), update(2, "b")])
+    done, retry = await store.claim("w", limit=10, lease_seconds=60, now=NOW)
+    now = NOW + timedelta(microseconds=123456)
+    later = NOW + timedelta(seconds=30, microseconds=7)
+    await store.write_back(
+        [
+            Result(done.id, done.lease_token, State.SUCCEEDED, attempts=1),
+            Result(retry.id, retry.lease_token, State.PENDING, attempts=1, next_attempt_at=later),
+        ],
+        now,
+    )
+    stored = await rows(store)
+    assert stored[ids[0]]["completed_at"] == stored[ids[0]]["updated_at"] == now
+    assert stored[ids[1]]["next_attempt_at"] == later
+    assert stored[ids[1]]["completed_at"] is None
+    if store.dialect == "sqlite":
+        # Stored as text: the batch's text must compare like the model's own.
+        async with store.engine.connect() as conn:
+            raw = (
+                await conn.execute(
+                    sa.text(
+                        "SELECT updated_at, completed_at, next_attempt_at FROM sync_changes "
+                        "WHERE id IN (:a, :b) ORDER BY id"
+                    ),
+                    {"a": ids[0], "b": ids[1]},
+                )
+            ).all()
+        assert raw[0][0] == raw[0][1] == "2026-11-23 12:00:00.123456"
+        assert raw[1][2] == "2026-11-23 12:00:30.000007"
