@@ -48,7 +48,7 @@ class KantataClient:
         self._headers = {
             "Authorization": f"Bearer {token}",
             "User-Agent": USER_AGENT,
-            "Accept": "application/json",
+            "Accept": JSON,
         }
         # URLs are parsed once, not on every request: the status-change URL is fixed, and a
         # workspace's URL is kept while it is among the most recently used.
@@ -82,9 +82,9 @@ class KantataClient:
             await self._session.close()
             self._session = None
 
-    def _relative(self, url: URL) -> str:
-        """The path after the base URL, as messages name a request."""
-        return url.path.removeprefix(self._base_path)
+    def _where(self, method: str, url: URL) -> str:
+        """A request as messages name it: the method and the path after the base URL."""
+        return f"{method} {url.path.removeprefix(self._base_path)}"
 
     def _new_workspace_url(self, workspace_id: int) -> URL:
         return self._workspaces_url.joinpath(str(workspace_id), encoded=True)
@@ -130,19 +130,19 @@ class KantataClient:
                 status = response.status
                 headers = response.headers
         except TimeoutError as exc:
-            path = self._relative(url)
-            raise TransportError("timeout", f"{method} {path}: no answer in time") from exc
+            where = self._where(method, url)
+            raise TransportError("timeout", f"{where}: no answer in time") from exc
         except aiohttp.ClientPayloadError as exc:
-            path = self._relative(url)
-            raise TransportError("connection", f"{method} {path}: response cut off") from exc
+            where = self._where(method, url)
+            raise TransportError("connection", f"{where}: response cut off") from exc
         except aiohttp.ClientConnectionError as exc:
-            path = self._relative(url)
+            where = self._where(method, url)
             raise TransportError(
-                "connection", f"{method} {path}: {type(exc).__name__}: {_safe(exc)}"
+                "connection", f"{where}: {type(exc).__name__}: {_safe(exc)}"
             ) from exc
         except aiohttp.ClientError as exc:
-            path = self._relative(url)
-            raise TransportError("connection", f"{method} {path}: {type(exc).__name__}") from exc
+            where = self._where(method, url)
+            raise TransportError("connection", f"{where}: {type(exc).__name__}") from exc
         return ApiResponse(
             status=status,
             body=_parse_body(raw),

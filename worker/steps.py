@@ -68,9 +68,9 @@ class StepRunner:
         self.stats = RunStats()
         self.run_id = ""
         self.verbose = True
+        """Whether ``http.attempt`` lines are logged (info level): skipped cheaply if not."""
         self.limited = limiter.budget > 0
         """Whether there is a limiter to wait for (``rate_limit`` 0 turns it off)."""
-        """Whether ``http.attempt`` lines are logged (info level): skipped cheaply if not."""
 
     def finish(self, result: Result, *, kind: str) -> None:
         self._finish(result, kind)

@@ -206,24 +206,35 @@ class Store:
         """
         if not (results or releases or attempts):
             return []
+        async with transaction(self.engine, "writing results back") as conn:
+            written, _released = await self._write(conn, results, releases, attempts, now)
+        return [r.change_id for r in results if r.change_id not in written]
+
+    async def _write(
+        self,
+        conn: AsyncConnection,
+        results: Sequence[Result],
+        releases: Sequence[Lease],
+        attempts: Sequence[AttemptRecord],
+        now: datetime,
+    ) -> tuple[set[int], int]:
+        """The statements of :meth:`write_batch`: the IDs written and the count released."""
         batch = self._batch
         written: set[int] = set()
-        async with transaction(self.engine, "writing results back") as conn:
-            if self.dialect == "postgresql" and (results or releases):
-                # Lock in ID order, as every other writer does, so that writers never deadlock.
-                ids = sorted(
-                    {r.change_id for r in results} | {lease.change_id for lease in releases}
-                )
-                await conn.execute(self._lock_rows, {"ids": ids})
-            if results:
-                params = {"batch": batch.results(results, now), "now": now}
-                written.update((await conn.execute(batch.write_back, params)).scalars())
-            if releases:
-                params = {"batch": batch.leases(releases), "now": now}
-                await conn.execute(batch.release, params)
-            if attempts:
-                await conn.execute(batch.log_attempts, {"batch": batch.attempts(attempts, now)})
-        return [r.change_id for r in results if r.change_id not in written]
+        released = 0
+        if self.dialect == "postgresql" and (results or releases):
+            # Lock in ID order, as every other writer does, so that writers never deadlock.
+            ids = sorted({r.change_id for r in results} | {lease.change_id for lease in releases})
+            await conn.execute(self._lock_rows, {"ids": ids})
+        if results:
+            params = {"batch": batch.results(results, now), "now": now}
+            written.update((await conn.execute(batch.write_back, params)).scalars())
+        if releases:
+            params = {"batch": batch.leases(releases), "now": now}
+            released = len((await conn.execute(batch.release, params)).all())
+        if attempts:
+            await conn.execute(batch.log_attempts, {"batch": batch.attempts(attempts, now)})
+        return written, released
 
     async def write_back(self, results: Sequence[Result], now: datetime) -> list[int]:
         """Record results in one transaction; return the IDs whose lease had been lost."""
@@ -233,12 +244,9 @@ class Store:
         """Return claimed changes to pending untouched: no attempt is charged."""
         if not leases:
             return 0
-        params = {"batch": self._batch.leases(leases), "now": now}
         async with transaction(self.engine, "releasing changes") as conn:
-            if self.dialect == "postgresql":
-                ids = sorted(lease.change_id for lease in leases)
-                await conn.execute(self._lock_rows, {"ids": ids})
-            return len((await conn.execute(self._batch.release, params)).all())
+            _written, released = await self._write(conn, (), leases, (), now)
+        return released
 
     async def log_attempts(self, records: Sequence[AttemptRecord]) -> None:
         """Append records to the attempt log (a record without a time is stamped now)."""

@@ -30,7 +30,7 @@ FLUSH_ATTEMPTS = 5
 
 
 class WriteBuffer:
-    """Collects what the dispatcher decided; :meth:`flush` and :meth:`durable` write it."""
+    """Collects what the dispatcher decided; :meth:`flush` writes it."""
 
     def __init__(
         self,
@@ -44,7 +44,6 @@ class WriteBuffer:
         self.results: list[Result] = []
         self.attempts: list[AttemptRecord] = []
         self.releases: list[Lease] = []
-        self.lost: list[int] = []
         self.flushed = asyncio.Event()
         """Set after every flush that wrote something (cleared by whoever waits for it)."""
         self._lock = asyncio.Lock()
@@ -81,7 +80,6 @@ class WriteBuffer:
             raise
         self.flushed.set()
         if lost:
-            self.lost.extend(lost)
             self.on_lost(lost)
 
     async def extend(self, leases: list[Lease], lease_seconds: float) -> set[int]:
