@@ -8,34 +8,25 @@ against ``components/schemas/Errors``.
 
 from __future__ import annotations
 
-import functools
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager
-from pathlib import Path
 from typing import Any
 
 import aiohttp
 import jsonschema
 import pytest
-import yaml
 from openapi_schema_validator import OAS31Validator
 
 from worker.sandbox import FaultConfig
 from worker.sandbox.config import ApplyThenFailMode
 from worker.sandbox.testing import SandboxHandle
 
+from ..kantata_api import spec
+
 SandboxFactory = Callable[..., AbstractAsyncContextManager[SandboxHandle]]
-SPEC = Path(__file__).resolve().parents[3] / "shared" / "kantata-api" / "openapi-subset.yml"
 AUTH = {"Authorization": "Bearer sandbox-token"}
 WORKSPACE = "/workspaces/{id}"
 STATUS_CHANGES = "/workspace_status_changes"
-
-
-@functools.cache
-def spec() -> dict[str, Any]:
-    assert SPEC.is_file(), f"the Kantata API reference is missing: {SPEC}"
-    data: dict[str, Any] = yaml.safe_load(SPEC.read_text())
-    return data
 
 
 def validator(schema: dict[str, Any]) -> OAS31Validator:
