@@ -9,7 +9,7 @@
     ├── InputError             a change a producer wrote cannot be sent (becomes ``invalid``)
     ├── StepAbandoned          the run halted while a step waited to send; it is released
     └── ApiError               talking to Kantata OX failed
-        ├── TransportError     no HTTP response: timeout, refused or dropped connection
+        ├── TransportError     no usable HTTP response: timeout, dropped connection, too large
         ├── ProtocolError      a response that is not the documented envelope
         └── TokenRejected      401: the token is invalid or revoked; the run stops
 
@@ -18,6 +18,8 @@ original kept as ``__cause__``. No message ever contains the API token.
 """
 
 from __future__ import annotations
+
+from enum import StrEnum
 
 
 class SyncError(Exception):
@@ -53,12 +55,23 @@ class ApiError(SyncError):
     """A request to Kantata OX did not produce a usable answer."""
 
 
-class TransportError(ApiError):
-    """No HTTP response arrived; ``kind`` is ``timeout``, ``connection`` or ``payload``."""
+class TransportKind(StrEnum):
+    """Why no usable HTTP answer arrived; compares equal to its plain string."""
 
-    def __init__(self, kind: str, message: str) -> None:
+    TIMEOUT = "timeout"
+    CONNECTION = "connection"
+    PAYLOAD = "payload"
+    TOO_LARGE = "too_large"
+    """The answer's body was over the client's size cap (compressed or inflated)."""
+
+
+class TransportError(ApiError):
+    """No usable HTTP answer arrived; ``kind`` is a :class:`TransportKind`."""
+
+    def __init__(self, kind: TransportKind | str, message: str) -> None:
         super().__init__(message)
-        self.kind = kind
+        # Typed as str: callers store it beside Kantata's own error types.
+        self.kind: str = TransportKind(kind)
 
 
 class ProtocolError(ApiError):

@@ -3,12 +3,16 @@
 DESIGN.md's table: 2xx → applied; 429, 5xx, timeouts, connection errors → retry with
 exponential backoff and full jitter; 400, 403, 404, 422 → failed at once with Kantata's error;
 the same-status 422 of a status change → confirm by read-back; 401 → stop the run.
+Error text is capped at :data:`MAX_MESSAGE_CHARS` characters before anything stores it.
 """
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
 from enum import StrEnum
 
 from .changes import JSONObject
@@ -17,6 +21,9 @@ from .exceptions import TransportError
 SAME_STATUS = re.compile(
     r"already (has|have|is in|in|at) (the )?(specified|same|this) status", re.I
 )
+MAX_MESSAGE_CHARS = 2000
+"""The longest error text kept in a column, a log line or an exception message."""
+DELTA_SECONDS = re.compile(r"[0-9]+(?:\.[0-9]+)?")
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,9 +86,11 @@ def kantata_error(body: JSONObject | None) -> tuple[str | None, str | None, str 
 def classify(answer: ApiResponse | TransportError, *, status_change: bool) -> Classified:
     """Decide what an answer means for the changes of the request that got it."""
     if isinstance(answer, TransportError):
-        return Classified(Verdict.RETRY, None, answer.kind, str(answer))
+        return Classified(Verdict.RETRY, None, answer.kind, cap_message(str(answer)))
     status = answer.status
-    kind, message, field = kantata_error(answer.body)
+    kind, message, field = (
+        None if text is None else cap_message(text) for text in kantata_error(answer.body)
+    )
     if 200 <= status < 300:
         return Classified(Verdict.SUCCESS, status)
     if status == 401:
@@ -132,12 +141,35 @@ def backoff_delay(
     return delay
 
 
-def parse_retry_after(value: str | None) -> float | None:
-    """``Retry-After`` as seconds; HTTP dates and garbage are ignored (None)."""
-    if value is None:
+def parse_retry_after(value: str | None, *, now: datetime | None = None) -> float | None:
+    """``Retry-After`` in seconds, uncapped: delta-seconds or an HTTP-date (one in the past is 0).
+
+    None when absent, garbage, negative or not finite. ``now`` (UTC) is for tests.
+    """
+    text = value.strip() if value is not None else ""
+    if not text:
         return None
+    if DELTA_SECONDS.fullmatch(text):
+        seconds = float(text)
+        return seconds if math.isfinite(seconds) else None
     try:
-        seconds = float(value.strip())
-    except ValueError:
+        when = parsedate_to_datetime(text)
+        if when.tzinfo is None:  # "-0000": UTC, source unknown
+            when = when.replace(tzinfo=UTC)
+        return max((when - (now or datetime.now(UTC))).total_seconds(), 0.0)
+    except (TypeError, ValueError, IndexError, OverflowError):
         return None
-    return seconds if 0 <= seconds <= 3600 else None
+
+
+def cap_message(text: str, limit: int = MAX_MESSAGE_CHARS) -> str:
+    """``text`` cut to at most ``limit`` characters, the cut marked with the original length.
+
+    The cut never splits a surrogate pair; the marker alone is kept if ``limit`` is shorter.
+    """
+    if len(text) <= limit:
+        return text
+    marker = f"… (truncated, {len(text)} characters)"
+    cut = max(limit - len(marker), 0)
+    if cut and "\ud800" <= text[cut - 1] <= "\udbff":
+        cut -= 1
+    return text[:cut] + marker

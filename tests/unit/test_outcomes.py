@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 import math
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from worker.exceptions import TransportError
+from worker.exceptions import TransportError, TransportKind
 from worker.outcomes import (
+    MAX_MESSAGE_CHARS,
     ApiResponse,
     Classified,
     Verdict,
     backoff_delay,
+    cap_message,
     classify,
     kantata_error,
     parse_retry_after,
@@ -239,7 +242,7 @@ CASES = [
             Classified(R, None, kind, "PUT /workspaces/1: boom"),
             id=f"transport-{kind}-sc={sc}",
         )
-        for kind in ("timeout", "connection", "payload")
+        for kind in ("timeout", "connection", "payload", "too_large")
         for sc in (False, True)
     ],
 ]
@@ -438,32 +441,153 @@ def test_backoff_monotone_in_attempt(attempt: int, jitter: float) -> None:
 
 # --------------------------------------------------------------------------- Retry-After
 
+NOW = datetime(2026, 12, 1, 12, 0, 0, tzinfo=UTC)
+
 RETRY_AFTER = [
     pytest.param(None, None, id="absent"),
     pytest.param("0", 0.0, id="zero"),
     pytest.param("5", 5.0, id="int"),
     pytest.param(" 5 ", 5.0, id="spaces"),
     pytest.param("2.5", 2.5, id="fraction"),
-    pytest.param("3600", 3600.0, id="max"),
-    pytest.param("3601", None, id="over-max"),
+    pytest.param("3600", 3600.0, id="an-hour"),
+    pytest.param("3601", 3601.0, id="over-an-hour-uncapped"),
+    pytest.param("86400000", 86_400_000.0, id="a-thousand-days-uncapped"),
+    pytest.param("9" * 30, 1e30, id="huge-but-finite"),
+    pytest.param("9" * 400, None, id="overflows-to-inf"),
     pytest.param("-1", None, id="negative"),
+    pytest.param("-0", None, id="negative-zero"),
+    pytest.param("+5", None, id="signed"),
     pytest.param("", None, id="empty"),
+    pytest.param("   ", None, id="blank"),
     pytest.param("soon", None, id="garbage"),
-    pytest.param("Wed, 21 Oct 2015 07:28:00 GMT", None, id="http-date"),
+    pytest.param("5s", None, id="unit"),
+    pytest.param("1_000", None, id="underscores"),
+    pytest.param("\u0665", None, id="non-ascii-digit"),
     pytest.param("nan", None, id="nan"),
     pytest.param("inf", None, id="inf"),
     pytest.param("-inf", None, id="neg-inf"),
-    pytest.param("1e400", None, id="overflow"),
+    pytest.param("1e400", None, id="exponent"),
+    pytest.param("1e3", None, id="exponent-small"),
+    pytest.param("Tue, 01 Dec 2026 12:00:30 GMT", 30.0, id="date-in-30s"),
+    pytest.param("Tue, 01 Dec 2026 13:00:00 GMT", 3600.0, id="date-in-an-hour"),
+    pytest.param("Wed, 02 Dec 2026 12:00:00 GMT", 86_400.0, id="date-tomorrow-uncapped"),
+    pytest.param("Tue, 01 Dec 2026 14:00:10 +0200", 10.0, id="date-with-offset"),
+    pytest.param("Tue, 01 Dec 2026 12:00:10 -0000", 10.0, id="date-unknown-zone-is-utc"),
+    pytest.param("Tue, 01 Dec 2026 12:00:00 GMT", 0.0, id="date-now"),
+    pytest.param("Wed, 21 Oct 2015 07:28:00 GMT", 0.0, id="date-in-the-past-is-0"),
+    pytest.param("Tuesday, 01-Dec-26 12:00:20 GMT", 20.0, id="rfc850-date"),
+    pytest.param("Tue Dec  1 12:00:40 2026", 40.0, id="asctime-date"),
+    pytest.param("Fri, 31 Dec 9999 23:59:59 GMT", 251_606_174_399.0, id="date-far-future"),
+    pytest.param("Tue, 32 Dec 2026 12:00:00 GMT", None, id="date-impossible-day"),
+    pytest.param("Tue, 01 Dec 2026 12:00:00 +9900", None, id="date-impossible-offset"),
+    pytest.param("Tue, 01 Foo 2026 12:00:00 GMT", None, id="date-bad-month"),
+    pytest.param("Tue, 01 Dec", None, id="date-truncated"),
 ]
 
 
 @pytest.mark.parametrize(("value", "expected"), RETRY_AFTER)
 def test_parse_retry_after(value: str | None, expected: float | None) -> None:
-    assert parse_retry_after(value) == expected
+    assert parse_retry_after(value, now=NOW) == expected
+
+
+def test_parse_retry_after_date_without_now_uses_the_clock() -> None:
+    assert parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT") == 0.0
+    future = parse_retry_after("Fri, 31 Dec 9999 23:59:59 GMT")
+    assert future is not None and future > 86_400 * 365 * 1000
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.one_of(st.text(max_size=40), st.from_regex(r"[A-Za-z]{3}, [0-9]{1,2} .{0,24}")))
+def test_parse_retry_after_total(value: str) -> None:
+    parsed = parse_retry_after(value, now=NOW)
+    assert parsed is None or (math.isfinite(parsed) and parsed >= 0)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.datetimes(min_value=datetime(1900, 1, 1), max_value=datetime(9000, 1, 1)))
+def test_parse_retry_after_date_round_trip(when: datetime) -> None:
+    from email.utils import format_datetime
+
+    header = format_datetime(when.replace(microsecond=0, tzinfo=UTC), usegmt=True)
+    expected = max((when.replace(microsecond=0, tzinfo=UTC) - NOW).total_seconds(), 0.0)
+    assert parse_retry_after(header, now=NOW) == expected
+
+
+# --------------------------------------------------------------------------- message cap
+
+LONG = "x" * 3_145_728
+CAP = [
+    # text, limit, expected
+    pytest.param("", 50, "", id="empty"),
+    pytest.param("short", 50, "short", id="under"),
+    pytest.param("a" * 50, 50, "a" * 50, id="exactly-at-limit"),
+    # the marker "… (truncated, NN characters)" is 28 characters long for a 2-digit length
+    pytest.param("a" * 51, 50, "a" * 22 + "… (truncated, 51 characters)", id="one-over"),
+    pytest.param(
+        "é" * 60, 40, "é" * 12 + "… (truncated, 60 characters)", id="non-ascii-by-character"
+    ),
+    pytest.param(
+        "a" * 18 + "\U0001f600" * 40,
+        50,
+        "a" * 18 + "\U0001f600" * 4 + "… (truncated, 58 characters)",
+        id="astral-characters-whole",
+    ),
+    pytest.param(
+        "a" * 19 + "\ud83d\ude00" * 20,
+        50,
+        "a" * 19 + "\ud83d\ude00" + "… (truncated, 59 characters)",
+        id="surrogate-pair-not-split",
+    ),
+    pytest.param("a" * 100, 5, "… (truncated, 100 characters)", id="limit-under-marker"),
+    pytest.param(
+        LONG,
+        MAX_MESSAGE_CHARS,
+        "x" * (MAX_MESSAGE_CHARS - 33) + "… (truncated, 3145728 characters)",
+        id="3-MB-default-limit",
+    ),
+]
+
+
+@pytest.mark.parametrize(("text", "limit", "expected"), CAP)
+def test_cap_message(text: str, limit: int, expected: str) -> None:
+    capped = cap_message(text, limit)
+    assert capped == expected
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.text(max_size=30))
-def test_parse_retry_after_total(value: str) -> None:
-    parsed = parse_retry_after(value)
-    assert parsed is None or 0 <= parsed <= 3600
+@given(st.text(max_size=300), st.integers(min_value=40, max_value=200))
+def test_cap_message_bounds(text: str, limit: int) -> None:
+    capped = cap_message(text, limit)
+    assert len(capped) <= limit
+    if len(text) <= limit:
+        assert capped == text
+    else:
+        assert capped.endswith(f"… (truncated, {len(text)} characters)")
+        assert text.startswith(capped[: capped.index("… (truncated")])
+
+
+def test_classify_caps_kantata_error_text() -> None:
+    huge = "m" * 3_145_728
+    body = {"errors": [{"type": "validation" * 1000, "message": huge, "field": "f" * 5000}]}
+    result = classify(resp(422, body), status_change=False)
+    assert result.verdict is Verdict.PERMANENT
+    for text in (result.error_message, result.error_type, result.error_field):
+        assert text is not None and len(text) <= MAX_MESSAGE_CHARS
+    assert result.error_message is not None
+    assert result.error_message.endswith("… (truncated, 3145728 characters)")
+    assert result.error_message.startswith("m" * 1000)
+
+
+def test_classify_caps_transport_error_text() -> None:
+    error = TransportError(TransportKind.CONNECTION, "PUT /workspaces/1: " + "z" * 10_000)
+    result = classify(error, status_change=True)
+    assert result.error_message is not None and len(result.error_message) == MAX_MESSAGE_CHARS
+    assert result.error_message.endswith("… (truncated, 10019 characters)")
+
+
+def test_too_large_is_a_retryable_transport_kind() -> None:
+    error = TransportError("too_large", "PUT /workspaces/12: response body over 4194304 bytes")
+    assert error.kind is TransportKind.TOO_LARGE and error.kind == "too_large"
+    result = classify(error, status_change=True)
+    assert (result.verdict, result.error_type) == (Verdict.RETRY, "too_large")
+    assert result.ambiguous
