@@ -7,8 +7,11 @@ the resulting :class:`Settings` and never looks at the environment itself.
 from __future__ import annotations
 
 import ipaddress
+import os
+import sys
 import tomllib
-from collections.abc import Mapping
+import unicodedata
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
@@ -21,6 +24,8 @@ ENV_PREFIX = "KANTATA_SYNC_"
 DEFAULT_API_BASE_URL = "https://api.mavenlink.com/api/v1"
 DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///kantata-sync.db"
 CREDENTIAL_NAME = "kantata-token"
+MAX_TOKEN_FILE_BYTES = 65_536
+"""A token file longer than this is not a token file (``/dev/zero``, a log, a dump)."""
 
 
 class Settings(BaseModel):
@@ -40,6 +45,10 @@ class Settings(BaseModel):
     retry_max_delay: float = Field(default=60.0, ge=0, le=86_400)
     lease_seconds: float = Field(default=300.0, gt=0, le=86_400)
     request_timeout: float = Field(default=60.0, gt=0, le=180)
+    max_response_bytes: int = Field(default=4 * 1024 * 1024, ge=65_536, le=1024**3)
+    """The largest answer body read, compressed or inflated; a bigger one is ``too_large``."""
+    max_retry_after: float = Field(default=120.0, ge=0, le=86_400)
+    """The longest pause a 429's ``Retry-After`` may impose on all sending, in seconds."""
     batch_size: int = Field(default=500, ge=1, le=10_000)
     grace_period: float = Field(default=30.0, ge=0, le=3600)
     breaker_threshold: int = Field(default=10, ge=0, le=10_000)
@@ -48,6 +57,18 @@ class Settings(BaseModel):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["auto", "json", "console"] = "auto"
     worker_name: str | None = None
+
+    @field_validator("token", mode="before")
+    @classmethod
+    def _sendable_token(cls, value: Any) -> Any:
+        if isinstance(value, SecretStr):
+            value = value.get_secret_value()
+        if isinstance(value, str):
+            value = value.strip()
+            problem = token_problem(value)
+            if problem is not None:
+                raise ValueError(problem)
+        return value
 
     @field_validator("api_base_url")
     @classmethod
@@ -85,6 +106,26 @@ class Settings(BaseModel):
         return values
 
 
+def token_problem(token: str) -> str | None:
+    """Why ``token`` cannot go into an ``Authorization`` header, or None. Never quotes it."""
+    if not token:
+        return "is empty"
+    for position, char in enumerate(token, start=1):
+        if "!" <= char <= "~":
+            continue
+        if char.isspace():
+            what = "whitespace"
+        elif unicodedata.category(char).startswith("C"):
+            what = "a control character"
+        else:
+            what = "a non-ASCII character"
+        return (
+            f"contains {what} (U+{ord(char):04X} at character {position}), "
+            "which an HTTP header cannot carry"
+        )
+    return None
+
+
 def _is_loopback(host: str) -> bool:
     if host == "localhost":
         return True
@@ -101,15 +142,22 @@ def _mask_url_password(url: str) -> str:
     return url
 
 
+def _warn_on_stderr(message: str) -> None:
+    print(f"kantata-sync: warning: {message}", file=sys.stderr)
+
+
 def load_settings(
     config_file: Path | None,
     environ: Mapping[str, str],
     overrides: Mapping[str, Any] | None = None,
+    *,
+    warn: Callable[[str], None] = _warn_on_stderr,
 ) -> Settings:
     """Merge the TOML file, the environment and explicit overrides, then validate.
 
     Precedence, lowest first: defaults, the file, ``KANTATA_SYNC_<KEY>``, ``overrides``.
-    The token is also read from ``token_file`` or systemd's ``$CREDENTIALS_DIRECTORY``.
+    The token is also read from ``token_file`` or systemd's ``$CREDENTIALS_DIRECTORY``;
+    ``warn`` hears about a token file that group or others may read.
     """
     raw: dict[str, Any] = {}
     sources: dict[str, str] = {}
@@ -133,7 +181,7 @@ def load_settings(
     except ValidationError as exc:
         raise ConfigError(_describe(exc, sources)) from exc
     if settings.token is None:
-        token = _read_token(settings.token_file, environ.get("CREDENTIALS_DIRECTORY"))
+        token = _read_token(settings.token_file, environ.get("CREDENTIALS_DIRECTORY"), warn)
         if token is not None:
             settings = settings.model_copy(update={"token": SecretStr(token)})
     return settings
@@ -153,21 +201,39 @@ def _read_toml(path: Path) -> dict[str, Any]:
     return section
 
 
-def _read_token(token_file: Path | None, credentials_dir: str | None) -> str | None:
+def _read_token(
+    token_file: Path | None, credentials_dir: str | None, warn: Callable[[str], None]
+) -> str | None:
+    """The token from the first file that exists, stripped (a UTF-8 BOM and CRLF included)."""
     candidates = [token_file] if token_file is not None else []
     if credentials_dir:
         candidates.append(Path(credentials_dir) / CREDENTIAL_NAME)
     for path in candidates:
         try:
-            token = path.read_text(encoding="utf-8").strip()
+            with path.open(encoding="utf-8-sig", newline="") as handle:
+                mode = os.fstat(handle.fileno()).st_mode & 0o777
+                text = handle.read(MAX_TOKEN_FILE_BYTES + 1)
         except FileNotFoundError:
             if path == token_file:
                 raise ConfigError(f"token_file: {path} does not exist") from None
             continue
         except OSError as exc:
             raise ConfigError(f"token_file: cannot read {path} ({exc.strerror})") from None
+        except UnicodeDecodeError:
+            raise ConfigError(f"token_file: {path} is not UTF-8 text") from None
+        if len(text) > MAX_TOKEN_FILE_BYTES:
+            raise ConfigError(f"token_file: {path} is too long to hold a token")
+        token = text.strip()
         if not token:
             raise ConfigError(f"token_file: {path} is empty")
+        problem = token_problem(token)
+        if problem is not None:
+            raise ConfigError(f"token_file: the token in {path} {problem}")
+        if mode & 0o077:
+            warn(
+                f"token_file: {path} is accessible to group or others (mode {mode:04o}); "
+                f"chmod 600 it"
+            )
         return token
     return None
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,7 @@ from worker.config import (
     DEFAULT_DATABASE_URL,
     Settings,
     load_settings,
+    token_problem,
 )
 from worker.exceptions import ConfigError
 
@@ -301,6 +303,205 @@ def test_empty_token_env_not_accepted() -> None:
     except ConfigError:
         return
     assert settings.token is None
+
+
+# --------------------------------------------------------------------------- sendable tokens
+
+SENDABLE = [
+    # raw value, the token that is sent
+    pytest.param(TOKEN, TOKEN, id="plain"),
+    pytest.param(TOKEN + "\r", TOKEN, id="trailing-cr"),
+    pytest.param(TOKEN + "\r\n", TOKEN, id="trailing-crlf"),
+    pytest.param(f" \t{TOKEN} \n", TOKEN, id="surrounding-whitespace"),
+    pytest.param("a.b_c-d~e+f/g==", "a.b_c-d~e+f/g==", id="b64token-characters"),
+]
+
+
+@pytest.mark.parametrize(("raw", "sent"), SENDABLE)
+def test_token_surrounding_whitespace_is_stripped(tmp_path: Path, raw: str, sent: str) -> None:
+    assert load_settings(None, {"KANTATA_SYNC_TOKEN": raw}).api_token() == sent
+    toml = write(tmp_path, f"token = {raw!r}\n".replace("'", '"'))
+    assert load_settings(toml, {}).api_token() == sent
+    token_file = write(tmp_path, raw, "token")
+    token_file.chmod(0o600)
+    assert load_settings(None, {"KANTATA_SYNC_TOKEN_FILE": str(token_file)}).api_token() == sent
+
+
+UNSENDABLE = [
+    # raw value, what the message says
+    pytest.param("tok-abc\rdef-123", "whitespace (U+000D at character 8)", id="inner-cr"),
+    pytest.param("tok-abc def-123", "whitespace (U+0020 at character 8)", id="inner-space"),
+    pytest.param("tok-abc\tdef-123", "whitespace (U+0009", id="inner-tab"),
+    pytest.param("tok-abc\ndef-123", "whitespace (U+000A", id="inner-lf"),
+    pytest.param("Bearer tok-abcdef", "whitespace (U+0020 at character 7)", id="bearer-prefix"),
+    pytest.param("tok-abc\x00def-123", "a control character (U+0000", id="nul"),
+    pytest.param("tok-abc\x1bdef-123", "a control character (U+001B", id="escape"),
+    pytest.param("tok-abc\x7fdef-123", "a control character (U+007F", id="del"),
+    pytest.param("tok-abc\u200bdef-123", "a control character (U+200B", id="zero-width-space"),
+    pytest.param("tok-abc\u00e9def-123", "a non-ASCII character (U+00E9", id="non-ascii"),
+    pytest.param("\ufefftok-abcdef", "a control character (U+FEFF at character 1)", id="bom"),
+]
+
+
+@pytest.mark.parametrize(("raw", "problem"), UNSENDABLE)
+def test_token_problem(raw: str, problem: str) -> None:
+    message = token_problem(raw)
+    assert message is not None and message.startswith(f"contains {problem}")
+    assert raw not in message
+
+
+@pytest.mark.parametrize("raw", [TOKEN, "x", "!~"])
+def test_token_problem_none_for_visible_ascii(raw: str) -> None:
+    assert token_problem(raw) is None
+
+
+@pytest.mark.parametrize(("raw", "problem"), UNSENDABLE)
+def test_unsendable_token_from_env_is_a_config_error(raw: str, problem: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_settings(None, {"KANTATA_SYNC_TOKEN": raw})
+    message = str(info.value)
+    assert message.startswith("token: ")
+    assert problem in message and "(from KANTATA_SYNC_TOKEN)" in message
+    assert raw.strip() not in message
+
+
+def test_unsendable_token_from_toml_is_a_config_error(tmp_path: Path) -> None:
+    path = write(tmp_path, 'token = "tok-abc\\rdef-123"\n')
+    with pytest.raises(ConfigError, match=r"^token: .*U\+000D.*\(from .*kantata-sync.toml\)$"):
+        load_settings(path, {})
+
+
+def test_empty_token_in_toml_is_a_config_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"^token: .*is empty"):
+        load_settings(write(tmp_path, 'token = " \\r\\n"\n'), {})
+
+
+@pytest.mark.parametrize(("raw", "problem"), UNSENDABLE)
+@pytest.mark.parametrize("source", ["token_file", "credentials"])
+def test_unsendable_token_from_a_file_is_a_config_error(
+    tmp_path: Path, raw: str, problem: str, source: str
+) -> None:
+    name = "token" if source == "token_file" else "kantata-token"
+    path = write(tmp_path, raw + "\r\n", name)
+    path.chmod(0o600)
+    env = (
+        {"KANTATA_SYNC_TOKEN_FILE": str(path)}
+        if source == "token_file"
+        else {"CREDENTIALS_DIRECTORY": str(tmp_path)}
+    )
+    if raw.startswith("\ufeff"):  # a BOM at the start of a file is stripped, not refused
+        assert load_settings(None, env).api_token() == raw[1:]
+        return
+    with pytest.raises(ConfigError) as info:
+        load_settings(None, env)
+    message = str(info.value)
+    assert message.startswith(f"token_file: the token in {path} contains {problem}")
+    assert raw not in message
+
+
+def test_token_file_not_utf8(tmp_path: Path) -> None:
+    path = tmp_path / "token"
+    path.write_bytes(b"tok-\xff\xfe-abcdef")
+    path.chmod(0o600)
+    with pytest.raises(ConfigError, match=r"^token_file: .*token is not UTF-8 text$"):
+        load_settings(None, {"KANTATA_SYNC_TOKEN_FILE": str(path)})
+
+
+def test_token_file_too_long(tmp_path: Path) -> None:
+    path = write(tmp_path, "a" * 70_000, "token")
+    path.chmod(0o600)
+    with pytest.raises(ConfigError, match="too long to hold a token"):
+        load_settings(None, {"KANTATA_SYNC_TOKEN_FILE": str(path)})
+
+
+@pytest.mark.parametrize(
+    ("mode", "warned"),
+    [
+        pytest.param(0o600, False, id="0600"),
+        pytest.param(0o400, False, id="0400"),
+        pytest.param(0o640, True, id="0640-group-read"),
+        pytest.param(0o644, True, id="0644-world-read"),
+        pytest.param(0o620, True, id="0620-group-write"),
+        pytest.param(0o601, True, id="0601-other-execute"),
+    ],
+)
+@pytest.mark.parametrize("source", ["token_file", "credentials"])
+def test_token_file_open_to_others_warns(
+    tmp_path: Path, mode: int, warned: bool, source: str
+) -> None:
+    path = write(tmp_path, TOKEN + "\n", "token" if source == "token_file" else "kantata-token")
+    path.chmod(mode)
+    env = (
+        {"KANTATA_SYNC_TOKEN_FILE": str(path)}
+        if source == "token_file"
+        else {"CREDENTIALS_DIRECTORY": str(tmp_path)}
+    )
+    warnings: list[str] = []
+    assert load_settings(None, env, warn=warnings.append).api_token() == TOKEN
+    if warned:
+        assert warnings == [
+            f"token_file: {path} is accessible to group or others (mode 0{mode:o}); chmod 600 it"
+        ]
+    else:
+        assert warnings == []
+
+
+def test_token_file_warning_goes_to_stderr_by_default(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = write(tmp_path, TOKEN, "token")
+    path.chmod(0o644)
+    load_settings(None, {"KANTATA_SYNC_TOKEN_FILE": str(path)})
+    err = capsys.readouterr().err
+    assert err == (
+        f"kantata-sync: warning: token_file: {path} is accessible to group or others "
+        "(mode 0644); chmod 600 it\n"
+    )
+    assert TOKEN not in err
+
+
+# --------------------------------------------------------------------------- response limits
+
+
+def test_response_limits_defaults() -> None:
+    settings = load_settings(None, {})
+    assert settings.max_response_bytes == 4 * 1024 * 1024
+    assert settings.max_retry_after == 120.0
+
+
+def test_response_limits_from_toml_and_env(tmp_path: Path) -> None:
+    path = write(tmp_path, "max_retry_after = 30\nmax_response_bytes = 1048576\n")
+    from_file = load_settings(path, {})
+    assert (from_file.max_retry_after, from_file.max_response_bytes) == (30.0, 1_048_576)
+    env = {"KANTATA_SYNC_MAX_RETRY_AFTER": "7.5", "KANTATA_SYNC_MAX_RESPONSE_BYTES": "65536"}
+    from_env = load_settings(path, env)
+    assert (from_env.max_retry_after, from_env.max_response_bytes) == (7.5, 65_536)
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("max_retry_after", "-1"),
+        ("max_retry_after", "86401"),
+        ("max_retry_after", "nan"),
+        ("max_response_bytes", "65535"),
+        ("max_response_bytes", str(1024**3 + 1)),
+        ("max_response_bytes", "4MiB"),
+    ],
+)
+def test_response_limits_bounds(key: str, value: str) -> None:
+    env_name = f"KANTATA_SYNC_{key.upper()}"
+    with pytest.raises(ConfigError, match=rf"^{key}: .*\(from {env_name}\)$"):
+        load_settings(None, {env_name: value})
+
+
+def test_example_config_loads_and_documents_the_response_limits() -> None:
+    path = Path(__file__).parents[2] / "config" / "kantata-sync.example.toml"
+    section = tomllib.loads(path.read_text(encoding="utf-8"))["kantata_sync"]
+    assert section["max_response_bytes"] == Settings().max_response_bytes
+    assert section["max_retry_after"] == Settings().max_retry_after
+    settings = load_settings(path, {})
+    assert settings.max_response_bytes == 4 * 1024 * 1024
 
 
 # --------------------------------------------------------------------------- secrecy
