@@ -28,8 +28,8 @@ from .client import KantataClient
 from .config import Settings, load_settings
 from .coordination import Coordinator, shared_limiter
 from .daemon import serve
-from .dispatcher import Dispatcher
-from .exceptions import ConfigError, DatabaseError, InputError, SyncError
+from .dispatcher import Dispatcher, default_worker_name
+from .exceptions import ConfigError, DatabaseError, InputError, NotMigratedError, SyncError
 from .metrics import Metrics
 from .progress import progress_bar
 from .ratelimit import RateLimiter, SharedRateLimiter
@@ -54,7 +54,20 @@ def make_limiter(settings: Settings, coordinator: Coordinator) -> RateLimiter | 
     """The shared budget when a rate is set; no limiter at all when it is 0."""
     if settings.rate_limit <= 0:
         return RateLimiter(0)
-    return shared_limiter(coordinator, settings.api_token(), settings.rate_limit)
+    return shared_limiter(
+        coordinator,
+        settings.api_token(),
+        settings.rate_limit,
+        max_pause=settings.max_retry_after,
+        db_retry_seconds=settings.db_retry_seconds,
+    )
+
+
+def named_worker(settings: Settings) -> Settings:
+    """``settings`` with a worker name: the configured one, or a new unique one."""
+    if settings.worker_name:
+        return settings
+    return settings.model_copy(update={"worker_name": default_worker_name()})
 
 
 def _fail(code: int, message: str) -> NoReturn:
@@ -114,8 +127,28 @@ async def _guarded(factory: Callable[[], Awaitable[T]]) -> T:
     return await factory()
 
 
-async def _open_store(settings: Settings, *, migrated: bool = True) -> Store:
-    engine = dbmod.create_engine(settings.database_url)
+def _require_sqlite_file(url: str) -> None:
+    path = dbmod.sqlite_path(url)
+    if path is not None and not os.path.exists(path):
+        raise NotMigratedError(
+            f"database file {path} does not exist: run `kantata-sync db upgrade` to create it"
+        )
+
+
+async def _open_store(settings: Settings, *, migrated: bool = True, worker: bool = False) -> Store:
+    """The store on the configured database; ``worker`` for a process that syncs.
+
+    A SQLite file that does not exist is not created here (only ``db upgrade`` creates it):
+    a mistyped path, or a file deleted under a running worker, must not leave an empty
+    database behind.
+    """
+    if migrated:
+        _require_sqlite_file(settings.database_url)
+    engine = dbmod.create_engine(
+        settings.database_url,
+        application_name=f"kantata-sync/{settings.worker_name}" if worker else None,
+        worker=worker,
+    )
     try:
         if migrated:
             await dbmod.check_schema(engine)
@@ -258,7 +291,7 @@ def enqueue(ctx: click.Context, /, source: IO[str]) -> None:
 @click.pass_context
 def run(ctx: click.Context, /, metrics_textfile: str | None, progress: bool | None) -> None:
     """Sync every due change, then exit (for a systemd timer or cron)."""
-    settings = _settings(ctx)
+    settings = named_worker(_settings(ctx))
     show_progress = sys.stdout.isatty() if progress is None else progress
     report = _run_async(lambda: _sync_once(settings, metrics_textfile, show_progress))
     if report.ended_because == "token_rejected":
@@ -271,7 +304,7 @@ def run(ctx: click.Context, /, metrics_textfile: str | None, progress: bool | No
 
 async def _sync_once(settings: Settings, textfile: str | None, show_progress: bool) -> Any:
     token = settings.api_token()
-    store = await _open_store(settings)
+    store = await _open_store(settings, worker=True)
     metrics = Metrics()
     try:
         async with KantataClient(

@@ -57,6 +57,8 @@ class Settings(BaseModel):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["auto", "json", "console"] = "auto"
     worker_name: str | None = None
+    db_retry_seconds: float = Field(default=30.0, ge=0, le=3600)
+    """How long a worker rides out a database it cannot use before it ends the run."""
 
     @field_validator("token", mode="before")
     @classmethod

@@ -25,7 +25,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from .db import transaction, translate_errors
+from .db import ride_out, transaction, translate_errors
 from .models import sync_rate_limits, sync_workers
 from .ratelimit import (
     HEADROOM,
@@ -78,12 +78,26 @@ class Coordinator:
         self.engine = engine
         self.dialect = engine.dialect.name
 
-    def slot_source(self, token: str, budget: float) -> Any:
-        """A :class:`~worker.ratelimit.SlotSource` for one token's shared budget."""
+    def slot_source(
+        self,
+        token: str,
+        budget: float,
+        *,
+        max_pause: float = 120.0,
+        db_retry_seconds: float = 30.0,
+    ) -> Any:
+        """A :class:`~worker.ratelimit.SlotSource` for one token's shared budget.
+
+        A reservation rides out database blips for up to ``db_retry_seconds``; no pause
+        longer than ``max_pause`` is ever stored or honoured.
+        """
         key = token_key(token)
 
         async def source(count: int, throttled: float | None) -> SlotBlock:
-            return await self.reserve(key, budget, count, throttled)
+            return await ride_out(
+                lambda: self.reserve(key, budget, count, throttled, max_pause=max_pause),
+                within=db_retry_seconds,
+            )
 
         return source
 
@@ -126,11 +140,18 @@ class Coordinator:
         return live, len(rows) - len(live)
 
     async def reserve(
-        self, key: str, budget: float, count: int, throttled: float | None = None
+        self,
+        key: str,
+        budget: float,
+        count: int,
+        throttled: float | None = None,
+        *,
+        max_pause: float = 120.0,
     ) -> SlotBlock:
         """Take ``count`` slots of the shared schedule; report a 429 first when ``throttled``.
 
-        ``throttled`` is the Retry-After of a 429 this worker saw (0 when none was given).
+        ``throttled`` is the Retry-After of a 429 this worker saw (0 when none was given). A
+        stored pause never reaches more than ``max_pause`` seconds past now, whoever wrote it.
         """
         async with transaction(self.engine, "reserving rate budget") as conn:
             sent = time.monotonic()
@@ -143,11 +164,11 @@ class Coordinator:
                 )
             ).one()
             state = RateState(min(row.rate, budget), row.changed_at)
-            paused_until = row.paused_until
+            paused_until = min(row.paused_until, now + max_pause)
             values: dict[str, Any] = {"budget": budget}
             if throttled is not None:
                 state = after_throttled(state, budget, now)
-                paused_until = max(paused_until, now + (throttled or 1.0))
+                paused_until = max(paused_until, now + min(throttled or 1.0, max_pause))
                 values["throttled"] = r.throttled + 1
             reservation, next_slot, state = reserve_slots(
                 next_slot=row.next_slot,
@@ -205,7 +226,16 @@ class Coordinator:
                     await driver.remove_listener(NOTIFY_CHANNEL, _on_notify)
 
 
-def shared_limiter(coordinator: Coordinator, token: str, budget: float) -> SharedRateLimiter:
+def shared_limiter(
+    coordinator: Coordinator,
+    token: str,
+    budget: float,
+    *,
+    max_pause: float = 120.0,
+    db_retry_seconds: float = 30.0,
+) -> SharedRateLimiter:
     """The limiter every worker using ``token`` should share (``budget`` in requests/s)."""
-    limiter = SharedRateLimiter(budget, coordinator.slot_source(token, budget * HEADROOM))
-    return limiter
+    source = coordinator.slot_source(
+        token, budget * HEADROOM, max_pause=max_pause, db_retry_seconds=db_retry_seconds
+    )
+    return SharedRateLimiter(budget, source)

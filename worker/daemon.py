@@ -496,9 +496,9 @@ def serve(
     token every --token-retry-interval seconds, or at once on SIGHUP. Exit codes as for run;
     0 after a clean SIGTERM.
     """
-    from .cli import _open_store, _run_async, _settings, make_limiter
+    from .cli import _open_store, _run_async, _settings, make_limiter, named_worker
 
-    settings = _settings(ctx)
+    settings = named_worker(_settings(ctx))
     options = ServeOptions(
         poll_interval=poll_interval,
         http_host=http_host,
@@ -512,7 +512,7 @@ def serve(
         ping_every = watchdog_interval(watchdog_usec, watchdog_pid, os.getpid())
         notifier = Notifier(notify_socket)
         try:
-            store = await _open_store(settings)
+            store = await _open_store(settings, worker=True)
         except BaseException:
             notifier.close()
             raise

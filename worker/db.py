@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 import weakref
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from importlib.resources import files
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
 from alembic import command
@@ -24,13 +25,36 @@ from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
-from .exceptions import DatabaseError, NotMigratedError
+from .exceptions import DatabaseError, DatabaseGone, NotMigratedError
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
+T = TypeVar("T")
+
+WORKER_SESSION_SETTINGS = {
+    # A worker never waits unboundedly on a lock another session holds (a frozen worker's
+    # claim, say): the statement fails and the worker retries, or skips.
+    "lock_timeout": "3000",
+    "statement_timeout": "60000",
+    # A worker's transactions await nothing but the database, so one idle for seconds belongs
+    # to a stalled process (SIGSTOP, a VM pause): PostgreSQL ends it and frees its locks.
+    "idle_in_transaction_session_timeout": "5000",
+}
+"""PostgreSQL settings of every session a worker opens (``db upgrade`` keeps the defaults)."""
 
 
-def create_engine(url: str, *, pool_size: int = 5) -> AsyncEngine:
-    """An async engine for ``url``; SQLite gets WAL, a busy timeout and ``BEGIN IMMEDIATE``."""
+def create_engine(
+    url: str,
+    *,
+    pool_size: int = 5,
+    application_name: str | None = None,
+    worker: bool = False,
+) -> AsyncEngine:
+    """An async engine for ``url``; SQLite gets WAL, a busy timeout and ``BEGIN IMMEDIATE``.
+
+    On PostgreSQL, ``worker`` bounds every wait on another session's locks
+    (:data:`WORKER_SESSION_SETTINGS`), and ``application_name`` names the sessions in
+    ``pg_stat_activity``.
+    """
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
         if parsed.database and parsed.database != ":memory:":
@@ -38,7 +62,22 @@ def create_engine(url: str, *, pool_size: int = 5) -> AsyncEngine:
         engine = create_async_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000})
         _configure_sqlite(engine)
         return engine
-    return create_async_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)
+    server_settings = dict(WORKER_SESSION_SETTINGS) if worker else {}
+    if application_name:
+        server_settings["application_name"] = application_name[:63]
+    return create_async_engine(
+        url,
+        pool_size=pool_size,
+        max_overflow=pool_size,
+        pool_pre_ping=True,
+        connect_args=(
+            # A server that stops answering (a partition, a frozen host) fails a connect or
+            # a statement in bounded time too, not only one that refuses.
+            {"server_settings": server_settings, "timeout": 10, "command_timeout": 90}
+            if worker
+            else {"server_settings": server_settings}
+        ),
+    )
 
 
 def _configure_sqlite(engine: AsyncEngine) -> None:
@@ -147,6 +186,48 @@ async def translate_errors(doing: str) -> AsyncIterator[None]:
         raise DatabaseError(f"{doing}: {detail}") from exc
     except OSError as exc:
         raise DatabaseError(f"{doing}: {exc.strerror or exc}") from exc
+
+
+async def ride_out(
+    operation: Callable[[], Awaitable[T]],
+    *,
+    within: float,
+    on_retry: Callable[[DatabaseError, int], None] = lambda _exc, _failures: None,
+    clock: Callable[[], float] = time.monotonic,
+    first_delay: float = 0.1,
+    max_delay: float = 2.0,
+) -> T:
+    """Run ``operation``, retrying a failed database for up to ``within`` seconds.
+
+    Blips (a restart, a failover, a lock timeout, a frozen session that PostgreSQL ends) are
+    ridden out with backoff; when the database stays unusable the *last* error is raised. A
+    schema error or a vanished file is never retried. ``on_retry`` hears each failure.
+    """
+    started = clock()
+    failures = 0
+    while True:
+        try:
+            return await operation()
+        except (NotMigratedError, DatabaseGone):
+            raise
+        except DatabaseError as exc:
+            failures += 1
+            delay = min(max_delay, first_delay * 2 ** (failures - 1))
+            if clock() - started + delay > within:
+                raise
+            on_retry(exc, failures)
+            await asyncio.sleep(delay)
+
+
+def sqlite_path(url: Any) -> str | None:
+    """The file of a SQLite URL (None for PostgreSQL and in-memory databases)."""
+    parsed = make_url(str(url)) if not hasattr(url, "get_backend_name") else url
+    if parsed.get_backend_name() != "sqlite":
+        return None
+    database = parsed.database
+    if not database or database == ":memory:" or database.startswith("file:"):
+        return None
+    return str(Path(database).resolve())
 
 
 def describe_url(url: str) -> str:

@@ -12,15 +12,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
+import math
 import random
-import socket
 import time
 import uuid
-from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from structlog.contextvars import bind_contextvars, bound_contextvars
 
@@ -39,7 +38,17 @@ from .client import (
 )
 from .config import Settings
 from .coordination import Coordinator
-from .exceptions import DatabaseError, InputError, StepAbandoned, SyncError, TokenRejected
+from .db import ride_out
+from .exceptions import (
+    DatabaseError,
+    InputError,
+    InternalError,
+    StepAbandoned,
+    SyncError,
+    TokenRejected,
+)
+from .keeper import LeaseKeeper
+from .leases import LeaseBook, LeaseTerms
 from .logging import get_logger
 from .metrics import Metrics
 from .planner import Step, WorkspacePlan, one_status_change, plan
@@ -48,6 +57,8 @@ from .steps import StepRunner
 from .store import Store
 from .validation import validate_row
 from .writeback import FLUSH_INTERVAL, WriteBuffer
+
+T = TypeVar("T")
 
 HEARTBEAT_SECONDS = 5.0
 MIN_IDLE_WAIT = 0.1
@@ -59,6 +70,17 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+def default_worker_name() -> str:
+    """A unique name for a worker that was given none."""
+    return f"worker-{uuid.uuid4().hex[:8]}"
+
+
+def one_line(exc: BaseException, limit: int = 300) -> str:
+    """An unexpected exception as one short line: its type and message."""
+    text = " ".join(str(exc).split()) or "(no message)"
+    return f"{type(exc).__name__}: {text[:limit]}"
+
+
 @dataclass(slots=True)
 class RunReport:
     """How a run went: its counters and why it ended."""
@@ -67,7 +89,6 @@ class RunReport:
     stats: RunStats
     ended_because: str
     duration: float
-    lost_leases: list[int] = field(default_factory=list)
 
 
 class Dispatcher:
@@ -86,6 +107,7 @@ class Dispatcher:
         owner: str | None = None,
         rng: random.Random | None = None,
         clock: Callable[[], datetime] = utcnow,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.store = store
         self.client = client
@@ -95,16 +117,32 @@ class Dispatcher:
             settings.breaker_threshold, settings.breaker_cooldown
         )
         self.metrics = metrics or Metrics()
-        self.owner = owner or settings.worker_name or f"worker-{uuid.uuid4().hex[:8]}"
+        self.owner = owner or settings.worker_name or default_worker_name()
         self.coordinator = coordinator
         self.heartbeat_interval = min(HEARTBEAT_SECONDS, settings.lease_seconds / 3)
         self.dead_after = max(DEAD_AFTER_BEATS * self.heartbeat_interval, 1.0)
-        self._registered = False
         self.rng = rng or random.Random()
         self.clock = clock
+        self.monotonic = monotonic
+        """The clock of lease deadlines (see :mod:`worker.leases`)."""
         self.log = get_logger()
         self.on_progress: Callable[[int], None] | None = None
         self._buffer = WriteBuffer(store, clock, self._lost)
+        self.leases = LeaseBook(
+            LeaseTerms(settings.lease_seconds, self.dead_after if coordinator else None)
+        )
+        self.keeper = LeaseKeeper(
+            self.leases,
+            self._buffer,
+            coordinator,
+            self.owner,
+            lease_seconds=settings.lease_seconds,
+            interval=self.heartbeat_interval,
+            db_retry_seconds=settings.db_retry_seconds,
+            clock=clock,
+            on_lost=self._lost,
+            monotonic=monotonic,
+        )
         self.steps = StepRunner(
             client=client,
             settings=settings,
@@ -116,22 +154,26 @@ class Dispatcher:
             clock=clock,
             log=self.log,
             finish=lambda result, kind: self._finish(result, kind=kind),
-            forget=self._release_lease,
-            holds=lambda change_id: change_id in self._held,
+            leases=self.leases,
+            confirm=self.keeper.confirm,
             halted=lambda: self._halt.is_set(),
         )
         self._halt = asyncio.Event()
         self._hungry = asyncio.Event()
         self._queued = 0
         """Changes in the plans waiting in the queue."""
-        self._held: dict[int, Lease] = {}
         self._stats = RunStats()
         self._run_id = ""
         self._token_rejected: TokenRejected | None = None
         self._fatal: SyncError | None = None
 
     async def run(self, stop: asyncio.Event | None = None, *, command: str = "run") -> RunReport:
-        """Sync until nothing due is left (or ``stop`` is set); return the run's report."""
+        """Sync until nothing due is left (or ``stop`` is set); return the run's report.
+
+        A run that fails (the database stayed unusable, something unexpected broke) still
+        hands back what it holds, records its end and logs its summary, then raises the error
+        that ended it.
+        """
         stop = stop or asyncio.Event()
         self._run_id = uuid.uuid4().hex
         self._stats = RunStats()
@@ -143,35 +185,67 @@ class Dispatcher:
         self._token_rejected = None
         self._fatal = None
         started = time.monotonic()
-        await self.register(command)
-        await self.store.start_run(self._run_id, self.owner, command, self.clock())
+        await self._ride(lambda: self.keeper.register(command))
+        await self._ride(
+            lambda: self.store.start_run(self._run_id, self.owner, command, self.clock())
+        )
         with bound_contextvars(run_id=self._run_id):
             self.log.info("run.started", worker=self.owner, command=command)
-            ended_because = await self._loop(stop)
+            try:
+                ended_because = await self._loop(stop)
+            except SyncError as exc:
+                self._fatal = self._fatal or exc
+                ended_because = "error"
+            except Exception as exc:
+                self.log.error("run.internal_error", error=one_line(exc), exc_info=True)
+                self._fatal = self._fatal or InternalError(one_line(exc))
+                ended_because = "error"
             duration = time.monotonic() - started
-            await self.store.finish_run(
-                self._run_id, self._stats, ended_because, self.clock(), duration
-            )
-            self.metrics.run_duration.set(duration)
-            if ended_because in {"drained", "stopped"}:
-                self.metrics.last_success.set(time.time())
-            self.log.info(
-                "run.finished",
-                ended_because=ended_because,
-                duration_s=round(duration, 3),
-                claimed=self._stats.claimed,
-                succeeded=self._stats.succeeded,
-                failed=self._stats.failed,
-                invalid=self._stats.invalid,
-                retried=self._stats.retried,
-                requests=self._stats.requests,
-                rate_limited=self._stats.rate_limited,
-                lost_leases=self._stats.lost_leases,
-                outcomes=self._stats.by_outcome,
-            )
+            await self._record_end(ended_because, duration)
         if self._fatal is not None:
             raise self._fatal
         return RunReport(self._run_id, self._stats, ended_because, duration)
+
+    async def _record_end(self, ended_because: str, duration: float) -> None:
+        """The run-log row and the summary line; a failure here never hides the run's error."""
+        try:
+            await self._ride(
+                lambda: self.store.finish_run(
+                    self._run_id, self._stats, ended_because, self.clock(), duration
+                )
+            )
+        except DatabaseError as exc:
+            self.log.error("run.unrecorded", error=str(exc))
+            self._fatal = self._fatal or exc
+        self.metrics.run_duration.set(duration)
+        if ended_because in {"drained", "stopped"}:
+            self.metrics.last_success.set(time.time())
+        summary = self.log.error if self._fatal is not None else self.log.info
+        summary(
+            "run.finished",
+            ended_because=ended_because,
+            error=str(self._fatal) if self._fatal is not None else None,
+            duration_s=round(duration, 3),
+            claimed=self._stats.claimed,
+            succeeded=self._stats.succeeded,
+            failed=self._stats.failed,
+            invalid=self._stats.invalid,
+            retried=self._stats.retried,
+            requests=self._stats.requests,
+            rate_limited=self._stats.rate_limited,
+            lost_leases=self._stats.lost_leases,
+            outcomes=self._stats.by_outcome,
+        )
+
+    async def _ride(self, operation: Callable[[], Awaitable[T]]) -> T:
+        """Run a database operation, riding out blips for up to ``db_retry_seconds``."""
+        return await ride_out(
+            operation, within=self.settings.db_retry_seconds, on_retry=self._db_retrying
+        )
+
+    def _db_retrying(self, exc: DatabaseError, failures: int) -> None:
+        if failures == 1:
+            self.log.warning("db.retrying", error=str(exc), within_s=self.settings.db_retry_seconds)
 
     async def _loop(self, stop: asyncio.Event) -> str:
         queue: asyncio.Queue[WorkspacePlan | None] = asyncio.Queue()
@@ -181,9 +255,11 @@ class Dispatcher:
         ]
         flushing_done = asyncio.Event()
         flusher = asyncio.create_task(
-            self._buffer.flush_periodically(flushing_done, self._flush_failed)
+            self._buffer.flush_periodically(
+                flushing_done, self._end_with, within=self.settings.db_retry_seconds
+            )
         )
-        heartbeat = asyncio.create_task(self._extend_leases_periodically())
+        heartbeat = asyncio.create_task(self.keeper.keep_alive(self._end_with))
         self._queued = 0
         ended_because = "drained"
         try:
@@ -194,7 +270,7 @@ class Dispatcher:
                     self._hungry.clear()
                     await _wait_any(stop, halt, self._hungry, seconds=1.0)
                     continue
-                claimed = await self._claim()
+                claimed = await self._ride(self._claim)
                 if claimed:
                     for workspace_plan in claimed:
                         queue.put_nowait(workspace_plan)
@@ -206,8 +282,8 @@ class Dispatcher:
                     self._buffer.flushed.clear()
                     await _wait_any(stop, halt, self._buffer.flushed, seconds=FLUSH_INTERVAL)
                     continue
-                await self.flush()
-                wait = await self._seconds_until_due()
+                await self._ride(self.flush)
+                wait = await self._ride(self._seconds_until_due)
                 if wait is None:
                     break
                 # An empty claim never spins: wait a little even when something looks due.
@@ -229,12 +305,26 @@ class Dispatcher:
             # The flusher is stopped, never cancelled: a cancelled write-back would roll back.
             flushing_done.set()
             await asyncio.gather(flusher, return_exceptions=True)
-            await self.flush()
-            await self._release_held()
+            await self._hand_back()
         return ended_because
 
+    async def _hand_back(self) -> None:
+        """At the end of a run: write what is buffered and return every held change.
+
+        Each part rides out a database blip; if the database stays gone, the error is logged
+        and kept (the run's own error, if any, stays the one reported) and the leases expire.
+        """
+        try:
+            await self._ride(self.flush)
+            await self._ride(self._release_held)
+        except DatabaseError as exc:
+            self.log.error(
+                "run.hand_back_failed", error=str(exc), held=len(self.leases), pending_writes=True
+            )
+            self._fatal = self._fatal or exc
+
     def _busy(self, queue: asyncio.Queue[WorkspacePlan | None]) -> bool:
-        return bool(self._held) or not queue.empty()
+        return bool(len(self.leases)) or not queue.empty()
 
     async def _seconds_until_due(self) -> float | None:
         now = self.clock()
@@ -244,19 +334,29 @@ class Dispatcher:
         return max(0.0, (due - now).total_seconds())
 
     async def _drain(self, queue: asyncio.Queue[WorkspacePlan | None], workers: list[Any]) -> None:
-        """Let in-flight requests finish within the grace period; queued plans are released."""
+        """Let in-flight requests finish within the grace period; everything else goes back.
+
+        Queued plans are released at once, and so are steps still waiting for the rate limiter
+        or the breaker (their task is cancelled): they were never sent, so they are charged no
+        attempt.
+        """
         while not queue.empty():
             queued = queue.get_nowait()
             if queued is not None:
                 self._release_plan(queued)
         for _ in workers:
             queue.put_nowait(None)
+        for task in workers:
+            if task not in self.steps.sending:
+                task.cancel()
         _done, pending = await asyncio.wait(workers, timeout=self.settings.grace_period)
         for task in pending:
             task.cancel()
         await asyncio.gather(*pending, return_exceptions=True)
 
     async def _claim(self) -> list[WorkspacePlan]:
+        self.store.check_alive()
+        since = self.monotonic()
         rows = await self.store.claim(
             self.owner,
             self.settings.batch_size,
@@ -272,11 +372,15 @@ class Dispatcher:
             if index and not index % VALIDATE_CHUNK:
                 # Validating a whole batch takes milliseconds: let requests that are due go.
                 await asyncio.sleep(0)
-            self._held[row.id] = Lease(row.id, row.lease_token)
+            self.leases.hold(Lease(row.id, row.lease_token), since)
             try:
                 change = validate_row(row)
             except InputError as exc:
                 self._invalid(row, exc)
+                continue
+            except Exception as exc:
+                # SQLite stores anything anywhere: a value no check foresaw is bad input too.
+                self._invalid(row, InputError("row", f"cannot be read ({one_line(exc)})"))
                 continue
             if _ambiguous(change, row):
                 change = replace(change, ambiguous=True)
@@ -323,8 +427,12 @@ class Dispatcher:
                 # A failed write (the database went away) must end the run, not leave this
                 # plan's leases held and extended for ever.
                 self.log.error("run.worker_failed", error=str(exc))
-                self._fatal = self._fatal or exc
-                halt.set()
+                self._end_with(exc)
+                self._release_plan(workspace_plan)
+            except Exception as exc:
+                # No code path may leave a task dead and the run alive.
+                self.log.error("run.internal_error", error=one_line(exc), exc_info=True)
+                self._end_with(InternalError(one_line(exc)))
                 self._release_plan(workspace_plan)
 
     async def _run_plan(self, workspace_plan: WorkspacePlan, halt: asyncio.Event) -> None:
@@ -332,7 +440,7 @@ class Dispatcher:
             if halt.is_set():
                 self._release_steps(workspace_plan.steps[index:])
                 return
-            if not all(change.id in self._held for change in step.changes):
+            if not all(change.id in self.leases for change in step.changes):
                 self._release_steps(workspace_plan.steps[index:])
                 return  # its lease was lost: the workspace is in other hands now
             bind_contextvars(change_id=step.changes[-1].id)
@@ -349,12 +457,19 @@ class Dispatcher:
             except asyncio.CancelledError:
                 self.steps.interrupted(step)
                 raise
+            except SyncError:
+                raise  # the run's problem (the database, the shared budget), not the change's
+            except Exception as exc:
+                # Quarantine: something unexpected while handling this change ends the change,
+                # not the run.
+                self.steps.quarantine(step, exc)
+                keep_going = True
             if not keep_going:
                 self._release_steps(workspace_plan.steps[index + 1 :])
                 return
 
     def _finish(self, result: Result, *, kind: str) -> None:
-        self._release_lease(result.change_id)
+        self.leases.forget(result.change_id)
         self._buffer.result(result)
         state = result.state
         if state is State.SUCCEEDED:
@@ -369,14 +484,11 @@ class Dispatcher:
         if self.on_progress is not None:
             self.on_progress(1)
 
-    def _release_lease(self, change_id: int) -> None:
-        self._held.pop(change_id, None)
-
     def _release_steps(self, steps: tuple[Step, ...]) -> None:
         """Hand unsent changes back to the queue untouched, at the next flush."""
         for step in steps:
             for change in step.changes:
-                lease = self._held.pop(change.id, None)
+                lease = self.leases.release(change.id)
                 if lease is not None:
                     self._buffer.release(lease)
 
@@ -384,9 +496,13 @@ class Dispatcher:
         self._release_steps(workspace_plan.steps)
 
     async def _release_held(self) -> None:
-        leases = list(self._held.values())
-        self._held.clear()
-        released = await self.store.release(leases, self.clock())
+        leases = self.leases.clear()
+        try:
+            released = await self.store.release(leases, self.clock())
+        except BaseException:
+            for lease in leases:
+                self.leases.hold(lease, -math.inf)  # still ours to hand back, never to send
+            raise
         if released:
             self.log.info("changes.released", count=released)
 
@@ -394,49 +510,30 @@ class Dispatcher:
         """Write buffered results, releases and attempt records now."""
         await self._buffer.flush()
 
-    def _flush_failed(self, exc: DatabaseError) -> None:
-        """The database stayed unusable: end the run (what is buffered stays buffered)."""
-        self.log.error("run.write_back_failed", error=str(exc))
+    def _end_with(self, exc: SyncError) -> None:
+        """End the run with ``exc`` (the first such error wins); what is held goes back."""
+        if self._fatal is None:
+            self.log.error("run.ending", error=str(exc), error_type=type(exc).__name__)
         self._fatal = self._fatal or exc
         self._halt.set()
 
     def _lost(self, change_ids: list[int]) -> None:
         if change_ids:
             self._stats.lost_leases += len(change_ids)
-            self.log.warning("lease.lost", change_ids=change_ids)
-
-    async def _extend_leases_periodically(self) -> None:
-        while True:
-            await asyncio.sleep(self.heartbeat_interval)
-            await self.heartbeat()
+            self.metrics.lost_leases.inc(len(change_ids))
+            self.log.warning("lease.lost", count=len(change_ids), change_ids=change_ids[:20])
 
     async def register(self, command: str) -> None:
         """Join the worker registry (once per process); see :mod:`worker.coordination`."""
-        if self.coordinator is None or self._registered:
-            return
-        await self.coordinator.register(
-            self.owner, socket.gethostname(), os.getpid(), command, self.clock()
-        )
-        self._registered = True
+        await self.keeper.register(command)
 
     async def heartbeat(self) -> None:
         """Tell the registry this worker lives, and extend the leases it holds."""
-        if self.coordinator is not None and self._registered:
-            await self.coordinator.heartbeat(self.owner, self.clock())
-        leases = list(self._held.values())
-        if leases:
-            held = await self._buffer.extend(leases, self.settings.lease_seconds)
-            lost = [lease.change_id for lease in leases if lease.change_id not in held]
-            # A lease can be lost while its change waits here (a stall longer than the lease):
-            # another worker owns it now, so this one must not send it.
-            lost = [change_id for change_id in lost if self._held.pop(change_id, None)]
-            self._lost(lost)
+        await self.keeper.beat()
 
     async def close(self) -> None:
-        """Leave the worker registry."""
-        if self.coordinator is not None and self._registered:
-            await self.coordinator.deregister(self.owner)
-            self._registered = False
+        """Leave the worker registry (a failure is logged, never raised)."""
+        await self.keeper.deregister()
 
 
 def _ambiguous(change: Change, row: ClaimedRow) -> bool:

@@ -5,9 +5,12 @@
     SyncError
     ├── ConfigError            bad or missing configuration; names the key and the reason
     ├── DatabaseError          the database cannot be reached or used
-    │   └── NotMigratedError   the schema is missing or older than this version
+    │   ├── NotMigratedError   the schema is missing or older than this version
+    │   └── DatabaseGone       the SQLite file was deleted or replaced under the worker
     ├── InputError             a change a producer wrote cannot be sent (becomes ``invalid``)
     ├── StepAbandoned          the run halted while a step waited to send; it is released
+    │   └── LeaseLost          the step's lease may have been taken over; it is not sent
+    ├── InternalError          something unexpected broke (a bug, a library exception)
     └── ApiError               talking to Kantata OX failed
         ├── TransportError     no usable HTTP response: timeout, dropped connection, too large
         ├── ProtocolError      a response that is not the documented envelope
@@ -38,6 +41,10 @@ class NotMigratedError(DatabaseError):
     """The database schema is missing or behind this version of kantata-sync."""
 
 
+class DatabaseGone(DatabaseError):
+    """The SQLite file was deleted or replaced while the worker used it; never retried."""
+
+
 class InputError(SyncError):
     """A producer's change is malformed; ``column`` says which part is wrong."""
 
@@ -49,6 +56,14 @@ class InputError(SyncError):
 
 class StepAbandoned(SyncError):
     """The run halted (SIGTERM, 401) while a step waited for its turn; nothing was sent."""
+
+
+class LeaseLost(StepAbandoned):
+    """A lease could not be confirmed before a send: another worker may own the change now."""
+
+
+class InternalError(SyncError):
+    """Something unexpected broke; the change (``error_type`` internal) or the run ends."""
 
 
 class ApiError(SyncError):

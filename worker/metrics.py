@@ -46,6 +46,16 @@ class Metrics:
         self.retries = Counter(
             f"{NAMESPACE}_retries_total", "Changes scheduled for another attempt", registry=r
         )
+        self.lost_leases = Counter(
+            f"{NAMESPACE}_lost_leases_total",
+            "Claimed changes this worker found taken over by another (after a stall)",
+            registry=r,
+        )
+        self.internal_errors = Counter(
+            f"{NAMESPACE}_internal_errors_total",
+            "Changes ended by something unexpected (error_type internal)",
+            registry=r,
+        )
         self.queue_depth = Gauge(
             f"{NAMESPACE}_queue_depth", "Changes in the outbox by state", ["state"], registry=r
         )

@@ -7,9 +7,11 @@ ambiguous, a ``GET /workspaces/{id}`` read-back. What it decides goes to the wri
 
 from __future__ import annotations
 
+import asyncio
 import random
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
+from contextvars import ContextVar
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -24,16 +26,20 @@ from .client import (
     workspace_snapshot,
 )
 from .config import Settings
-from .exceptions import StepAbandoned, TokenRejected, TransportError
+from .exceptions import LeaseLost, StepAbandoned, TokenRejected, TransportError
+from .leases import LeaseBook
 from .metrics import Metrics
 from .outcomes import ApiResponse, Classified, Verdict, backoff_delay, classify
 from .planner import PutStep, StatusStep, Step
 from .ratelimit import RateLimiter, SharedRateLimiter
 from .writeback import WriteBuffer
 
+request_started: ContextVar[bool] = ContextVar("request_started", default=False)
+"""Whether the step the current task runs has put a request on the wire."""
+
 
 class StepRunner:
-    """Runs steps for one dispatcher; ``finish``, ``forget`` and ``holds`` are its lease book."""
+    """Runs steps for one dispatcher; ``leases`` is its lease book, ``confirm`` re-validates."""
 
     def __init__(
         self,
@@ -48,8 +54,8 @@ class StepRunner:
         clock: Callable[[], datetime],
         log: Any,
         finish: Callable[[Result, str], None],
-        forget: Callable[[int], None],
-        holds: Callable[[int], bool],
+        leases: LeaseBook,
+        confirm: Callable[[Iterable[int]], Awaitable[bool]],
         halted: Callable[[], bool],
     ) -> None:
         self.client = client
@@ -62,9 +68,11 @@ class StepRunner:
         self.clock = clock
         self.log = log
         self._finish = finish
-        self.forget = forget
-        self.holds = holds
+        self.leases = leases
+        self.confirm = confirm
         self.halted = halted
+        self.sending: set[asyncio.Task[Any]] = set()
+        """The tasks whose request is on the wire (the rest may be cancelled at shutdown)."""
         self.stats = RunStats()
         self.run_id = ""
         self.verbose = True
@@ -77,6 +85,7 @@ class StepRunner:
 
     async def run(self, step: Step) -> bool:
         """Send one step and record its results; False when the workspace must wait."""
+        request_started.set(False)
         if isinstance(step, StatusStep) and step.change.ambiguous:
             confirmed = await self._read_back(step, before_send=True)
             if confirmed is not None:
@@ -150,14 +159,29 @@ class StepRunner:
         if self.halted():
             # Waiting for the breaker or the limiter can outlast a 401 or a SIGTERM.
             raise StepAbandoned(f"{endpoint} not sent: the run is stopping")
+        # The last moment before the request leaves: is the lease still surely ours? A worker
+        # that was frozen (or waited out a database outage) wakes past its deadline here.
+        if not await self.confirm(step.change_ids):
+            lost = [cid for cid in step.change_ids if cid not in self.leases]
+            raise LeaseLost(
+                f"{endpoint} not sent: the lease of change(s) "
+                f"{', '.join(map(str, lost or step.change_ids))} could not be confirmed"
+            )
         if self.limited:
             self.metrics.limiter_wait.observe(waited)
         started = time.perf_counter()
         attempted_at = self.clock()
+        task = asyncio.current_task()
+        if task is not None:
+            self.sending.add(task)
+        request_started.set(True)
         try:
             answer: ApiResponse | TransportError = await request()
         except TransportError as exc:
             answer = exc
+        finally:
+            if task is not None:
+                self.sending.discard(task)
         duration_ms = (time.perf_counter() - started) * 1000
         self.stats.requests += 1
         status = answer.status if isinstance(answer, ApiResponse) else None
@@ -174,7 +198,9 @@ class StepRunner:
             self.stats.rate_limited += 1
             self.metrics.throttled.inc()
             assert isinstance(answer, ApiResponse)
-            self.limiter.on_throttled(answer.retry_after)
+            self.limiter.on_throttled(
+                shared_pause(answer.retry_after, self.settings.max_retry_after)
+            )
         self.metrics.request(endpoint, str(status) if status else "none", duration_ms / 1000)
         self.buffer.attempt(
             AttemptRecord(
@@ -240,7 +266,7 @@ class StepRunner:
                 )
                 self.stats.retried += 1
                 self.metrics.retries.inc()
-                self.forget(change.id)
+                self.leases.forget(change.id)
                 self.buffer.result(
                     Result(
                         change.id,
@@ -274,11 +300,16 @@ class StepRunner:
         return not retryable
 
     def interrupted(self, step: Step) -> None:
-        """A request cut off by shutdown may have landed: retry it later, read back first."""
+        """Shutdown cut this step off. A request that left may have landed: retry it later
+        (a status change is read back first). One that never left goes back uncharged."""
+        sent = request_started.get()
         for change in step.changes:
-            if not self.holds(change.id):
+            lease = self.leases.forget(change.id)
+            if lease is None:
                 continue
-            self.forget(change.id)
+            if not sent:
+                self.buffer.release(lease)
+                continue
             self.buffer.result(
                 Result(
                     change.id,
@@ -289,3 +320,41 @@ class StepRunner:
                     error_message="request interrupted by shutdown",
                 )
             )
+
+    def quarantine(self, step: Step, exc: Exception) -> None:
+        """Something unexpected broke while handling this step: its changes fail (internal),
+        once logged, and the run goes on."""
+        reason = f"{type(exc).__name__}: {' '.join(str(exc).split())[:300] or '(no message)'}"
+        self.log.error(
+            "change.internal_error",
+            change_ids=list(step.change_ids),
+            error=reason,
+            request_sent=request_started.get(),
+            exc_info=exc,
+        )
+        for change in step.changes:
+            if change.id not in self.leases:
+                continue
+            self.metrics.internal_errors.inc()
+            self.finish(
+                Result(
+                    change.id,
+                    change.lease_token,
+                    State.FAILED,
+                    attempts=change.attempts + int(request_started.get()),
+                    error_type="internal",
+                    error_message=f"internal error: {reason}",
+                ),
+                kind=change.kind,
+            )
+
+
+def shared_pause(retry_after: float | None, cap: float) -> float | None:
+    """Pure: how long a 429's Retry-After pauses every worker (None: the default pause).
+
+    A value above ``cap`` is the server's word that this change should wait, not that all
+    sending should stop: the change is parked for it, everyone else goes on.
+    """
+    if retry_after is None or retry_after > cap:
+        return None
+    return retry_after

@@ -9,6 +9,7 @@ dropped if the row has since been reclaimed.
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -34,7 +35,8 @@ from .claims import (
     next_in_line,
     whole_prefixes,
 )
-from .db import transaction, translate_errors
+from .db import sqlite_path, transaction, translate_errors
+from .exceptions import DatabaseGone
 from .models import sync_changes, sync_runs
 
 c = sync_changes.c
@@ -79,6 +81,24 @@ class Store:
         self._lock_rows = (
             sa.select(c.id).where(self._batch.in_list(c.id, "ids")).order_by(c.id).with_for_update()
         )
+        self._path = sqlite_path(engine.url)
+        self._identity = _file_identity(self._path)
+
+    def check_alive(self) -> None:
+        """Raise :class:`DatabaseGone` if the SQLite file was deleted or replaced.
+
+        SQLite goes on writing into a file that was unlinked under it, and every result
+        written there would be lost; a run stops instead. A no-op on PostgreSQL.
+        """
+        if self._path is None:
+            return
+        identity = _file_identity(self._path)  # None: the file is gone
+        if self._identity is None:
+            self._identity = identity
+        elif identity != self._identity:
+            raise DatabaseGone(
+                f"the database file {self._path} was deleted or replaced while in use"
+            )
 
     def _text(self, column: sa.Column[Any]) -> sa.ColumnElement[Any]:
         # SQLite lets producers store bytes that are not UTF-8 in a TEXT column, and the driver
@@ -154,7 +174,9 @@ class Store:
             found = (await conn.execute(claims.first, {"now": now, "limit": limit})).all()
             if not found:
                 return []
-            workspaces = list(dict.fromkeys(workspace_id for _, workspace_id in found))
+            # SQLite stores anything anywhere: only integer workspace IDs can name a workspace
+            # to look ahead in (a row with any other is taken alone and found invalid).
+            workspaces = list(dict.fromkeys(w for _, w in found if type(w) is int))
             ahead = workspaces[: max(1, limit // CLAIM_LOOKAHEAD)]
             params = {"now": now, "limit": limit, "ahead": self._batch.ids(ahead)}
             queued = (await conn.execute(claims.queued, params)).all()
@@ -414,6 +436,16 @@ class Store:
                 sa.update(sync_changes).where(*where).values(**values).returning(c.id)
             )
             return sorted(result.scalars().all())
+
+
+def _file_identity(path: str | None) -> tuple[int, int] | None:
+    if path is None:
+        return None
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return None
+    return (stat.st_dev, stat.st_ino)
 
 
 def _as_datetime(value: object) -> datetime | None:

@@ -5,15 +5,17 @@ carries, every ``FLUSH_INTERVAL`` and at the end of a run. Flushes run one at a 
 order.
 
 A failed flush loses nothing: its batch goes back to the front of the buffer for the next one.
-The periodic flusher rides out a few failures in a row (a deadlock, a dropped connection) and
-reports the error only when the database stays unusable. It is stopped between flushes, never
-cancelled in the middle of one: a cancelled flush would roll its batch back.
+The periodic flusher rides out failures (a deadlock, a dropped connection, a restart) and
+reports the error only when the database stays unusable for the time it is given. It is
+stopped between flushes, never cancelled in the middle of one: a cancelled flush would roll its
+batch back.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Callable
 from datetime import datetime
 
@@ -25,8 +27,8 @@ from .store import Store
 log = get_logger()
 
 FLUSH_INTERVAL = 0.1
-FLUSH_ATTEMPTS = 5
-"""Consecutive failed periodic flushes (with backoff, about 3 s in all) before giving up."""
+MAX_RETRY_DELAY = 2.0
+"""The longest pause between flushes while they fail."""
 
 
 class WriteBuffer:
@@ -88,16 +90,22 @@ class WriteBuffer:
             return await self.store.extend(leases, lease_seconds, self.clock())
 
     async def flush_periodically(
-        self, done: asyncio.Event, on_failed: Callable[[DatabaseError], None]
+        self,
+        done: asyncio.Event,
+        on_failed: Callable[[DatabaseError], None],
+        *,
+        within: float = 30.0,
     ) -> None:
         """Flush every ``FLUSH_INTERVAL`` until ``done`` is set.
 
-        A failed flush is retried with backoff; after ``FLUSH_ATTEMPTS`` failures in a row
-        ``on_failed`` gets the error and the flusher stops (the buffer keeps the batch).
+        A failed flush is retried with backoff; when flushes have failed for ``within``
+        seconds in a row, ``on_failed`` gets the error and the flusher stops (the buffer keeps
+        the batch).
         """
         failures = 0
+        failing_since = 0.0
         while not done.is_set():
-            delay = FLUSH_INTERVAL * 2**failures
+            delay = min(MAX_RETRY_DELAY, FLUSH_INTERVAL * 2**failures)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(done.wait(), timeout=delay)
             if not self:
@@ -105,9 +113,11 @@ class WriteBuffer:
             try:
                 await self.flush()
             except DatabaseError as exc:
+                if not failures:
+                    failing_since = time.monotonic()
                 failures += 1
                 log.warning("flush.failed", error=str(exc), failures=failures)
-                if failures >= FLUSH_ATTEMPTS:
+                if time.monotonic() - failing_since >= within:
                     on_failed(exc)
                     return
                 continue

@@ -18,7 +18,6 @@ from worker.sandbox.faults import FaultKind
 from worker.sandbox.state import Route
 from worker.sandbox.testing import SandboxHandle
 from worker.store import Store
-from worker.writeback import FLUSH_ATTEMPTS
 
 from .conftest import SandboxFactory
 from .pipeline_helpers import TOKEN, all_rows, dispatcher_for, insert_raw, status, update
@@ -382,11 +381,15 @@ async def test_a_failed_write_ends_the_run_instead_of_hanging(
     # Slow answers spread the run over several flushes, so that the second one fails.
     async with (
         sandbox_factory(faults=FaultConfig(latency_ms=20)) as sandbox,
-        dispatcher_for(failing, sandbox, concurrency=4) as dispatcher,
+        dispatcher_for(failing, sandbox, concurrency=4, db_retry_seconds=1.5) as dispatcher,
     ):
-        with pytest.raises(DatabaseError, match="connection lost"):
+        with capture_logs() as logs, pytest.raises(DatabaseError, match="connection lost"):
             await asyncio.wait_for(dispatcher.run(), timeout=30)
-    assert failing.failures >= FLUSH_ATTEMPTS  # the flusher retried before it gave up
+    assert failing.failures >= 3  # the flusher retried before it gave up
+    # The run still recorded its end and its summary, naming the error that ended it.
+    [summary] = [e for e in logs if e["event"] == "run.finished"]
+    assert summary["ended_because"] == "error"
+    assert "connection lost" in summary["error"]
     rows = await all_rows(sqlite_store)
     # Nothing failed for good; changes whose result could not be written stay leased (a dead
     # database can be told nothing) and come back when the lease expires.
