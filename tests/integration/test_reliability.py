@@ -144,6 +144,7 @@ raw_ids = st.one_of(
     st.integers(min_value=2**31, max_value=2**63 - 1),
     st.text(max_size=10),
     st.floats(allow_nan=False, allow_infinity=False),
+    st.binary(max_size=8),  # a producer binding bytes: SQLite stores a BLOB
 )
 int64 = st.integers(min_value=-(2**63), max_value=2**63 - 1)
 raw_kinds = st.one_of(st.text(max_size=30), st.binary(max_size=20), int64)
