@@ -2,14 +2,18 @@
 
 Every request carries the Bearer token, a JSON body and a User-Agent with the version. Any HTTP
 answer comes back as an :class:`~worker.outcomes.ApiResponse` for the pure classifier to judge;
-no answer at all raises :class:`~worker.exceptions.TransportError`. The token lives only in the
-session's default headers and never reaches a message, a log line or a repr.
+no usable answer raises :class:`~worker.exceptions.TransportError`: none at all, or a body over
+``max_body_bytes`` as sent or inflated (``too_large``). A body that does not parse as a JSON
+object is no body (None). The token lives only in the request headers: an answer that echoes
+it has it masked before anything reads the body or ``X-Request-Id``, so it never reaches a
+message, a column, a log line or a repr.
 """
 
 from __future__ import annotations
 
 import functools
 import json
+import math
 import time
 from types import TracebackType
 from typing import Any
@@ -21,14 +25,22 @@ from yarl import URL
 
 from . import USER_AGENT
 from .changes import JSONObject
-from .exceptions import ProtocolError, TransportError
-from .outcomes import ApiResponse, parse_retry_after
+from .config import token_problem
+from .exceptions import ConfigError, ProtocolError, TransportError, TransportKind
+from .logging import REDACTED
+from .outcomes import ApiResponse, cap_message, parse_retry_after
 
 JSON = "application/json"
 URL_CACHE_SIZE = 4096
 PUT_WORKSPACE = "PUT /workspaces/{id}"
 POST_STATUS_CHANGE = "POST /workspace_status_changes"
 GET_WORKSPACE = "GET /workspaces/{id}"
+DEFAULT_MAX_BODY_BYTES = 4 * 1024 * 1024
+READ_CHUNK = 64 * 1024
+MIN_REDACTED_TOKEN = 8
+"""A shorter token is not masked in answers: it would mask ordinary words."""
+ORJSON_MAX_BYTES = 1024 * 1024
+"""Bodies over this parse with ``json``: orjson briefly takes ~12 times a long string's size."""
 
 
 class KantataClient:
@@ -42,9 +54,17 @@ class KantataClient:
         timeout: float,
         max_connections: int = 100,
         session: aiohttp.ClientSession | None = None,
+        max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     ) -> None:
+        token = token.strip()
+        problem = token_problem(token)
+        if problem is not None:
+            raise ConfigError(f"token: {problem}")
         self._base_url = base_url.rstrip("/")
         self._timeout = aiohttp.ClientTimeout(total=timeout)
+        self._max_body_bytes = max_body_bytes
+        self._token = token if len(token) >= MIN_REDACTED_TOKEN else None
+        self._token_forms = _token_forms(token) if self._token is not None else ()
         self._headers = {
             "Authorization": f"Bearer {token}",
             "User-Agent": USER_AGENT,
@@ -126,30 +146,107 @@ class KantataClient:
                 timeout=self._timeout,
                 allow_redirects=False,
             ) as response:
-                raw = await response.read()
+                raw = await self._read(response, method, url)
                 status = response.status
                 headers = response.headers
         except TimeoutError as exc:
             where = self._where(method, url)
-            raise TransportError("timeout", f"{where}: no answer in time") from exc
+            raise TransportError(TransportKind.TIMEOUT, f"{where}: no answer in time") from exc
         except aiohttp.ClientPayloadError as exc:
             where = self._where(method, url)
-            raise TransportError("connection", f"{where}: response cut off") from exc
+            raise TransportError(TransportKind.CONNECTION, f"{where}: response cut off") from exc
         except aiohttp.ClientConnectionError as exc:
             where = self._where(method, url)
             raise TransportError(
-                "connection", f"{where}: {type(exc).__name__}: {_safe(exc)}"
+                TransportKind.CONNECTION,
+                self._redact(f"{where}: {type(exc).__name__}: {_safe(exc)}"),
             ) from exc
         except aiohttp.ClientError as exc:
             where = self._where(method, url)
-            raise TransportError("connection", f"{where}: {type(exc).__name__}") from exc
+            raise TransportError(
+                TransportKind.CONNECTION, f"{where}: {type(exc).__name__}"
+            ) from exc
+        request_id = headers.get("X-Request-Id")
         return ApiResponse(
             status=status,
-            body=_parse_body(raw),
-            request_id=headers.get("X-Request-Id"),
+            body=self._parse(raw),
+            request_id=None if request_id is None else self._redact(request_id),
             retry_after=parse_retry_after(headers.get("Retry-After")),
             duration_ms=(time.perf_counter() - started) * 1000,
         )
+
+    async def _read(self, response: aiohttp.ClientResponse, method: str, url: URL) -> bytes:
+        """The body, inflated, in chunks; ``too_large`` once it passes the cap either way."""
+        limit = self._max_body_bytes
+        declared = response.content_length
+        chunks: list[bytes] = []
+        size = 0
+        if declared is None or declared <= limit:
+            async for chunk in response.content.iter_chunked(READ_CHUNK):
+                size += len(chunk)
+                if size > limit or _raw_bytes(response) > limit:
+                    break
+                chunks.append(chunk)
+            else:
+                return b"".join(chunks)
+        response.close()  # the rest is never read: drop the connection, do not reuse it
+        raise TransportError(
+            TransportKind.TOO_LARGE,
+            f"{self._where(method, url)}: response body over {limit} bytes",
+        )
+
+    def _redact(self, text: str) -> str:
+        """``text`` with the token masked, at most :data:`~worker.outcomes.MAX_MESSAGE_CHARS`."""
+        if self._token is not None and self._token in text:
+            text = text.replace(self._token, REDACTED)
+        return cap_message(text)
+
+    def _parse(self, raw: bytes) -> JSONObject | None:
+        """The JSON object in ``raw`` with the token masked anywhere in it, or None."""
+        for form in self._token_forms:
+            if form in raw:
+                raw = raw.replace(form, REDACTED.encode())
+        parsed = _parse_body(raw)
+        if parsed is not None and self._token is not None and b"\\u" in raw:
+            # An escape can spell the token out after parsing: mask what it decoded to.
+            scrubbed = _mask_strings(parsed, self._token)
+            return scrubbed if isinstance(scrubbed, dict) else None
+        return parsed
+
+
+def _token_forms(token: str) -> tuple[bytes, ...]:
+    """The token as bytes, and as JSON encoders may escape it (quotes, backslash, solidus)."""
+    escaped = json.dumps(token)[1:-1]
+    forms = {token, escaped, escaped.replace("/", "\\/")}
+    return tuple(form.encode() for form in sorted(forms, key=len, reverse=True))
+
+
+def _raw_bytes(response: aiohttp.ClientResponse) -> int:
+    """Bytes read off the connection so far (before inflating), where aiohttp counts them."""
+    raw = getattr(response.content, "total_raw_bytes", 0)
+    return raw if isinstance(raw, int) else 0
+
+
+def _mask_strings(value: Any, token: str) -> Any:
+    """``value`` with ``token`` masked in every string, keys included; iterative, any depth."""
+    root: list[Any] = [value]
+    stack: list[tuple[Any, Any, Any]] = [(root, 0, value)]
+    while stack:
+        parent, slot, item = stack.pop()
+        if isinstance(item, str):
+            parent[slot] = item.replace(token, REDACTED)
+        elif isinstance(item, dict):
+            copy: dict[str, Any] = {}
+            for key, member in item.items():
+                new_key = key.replace(token, REDACTED)
+                copy[new_key] = member
+                stack.append((copy, new_key, member))
+            parent[slot] = copy
+        elif isinstance(item, list):
+            items = list(item)
+            parent[slot] = items
+            stack.extend((items, index, member) for index, member in enumerate(item))
+    return root[0]
 
 
 def _safe(exc: BaseException) -> str:
@@ -165,16 +262,22 @@ def _dumps(body: JSONObject) -> bytes:
 
 
 def _parse_body(raw: bytes) -> JSONObject | None:
+    """The JSON object in ``raw``; anything else (not JSON, too deep, a list) is None."""
     if not raw:
         return None
     try:
-        parsed: Any = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        try:  # orjson refuses a lone surrogate escape, which json takes
-            parsed = json.loads(raw)
-        except (ValueError, UnicodeDecodeError):
-            return None
+        parsed: Any = orjson.loads(raw) if len(raw) <= ORJSON_MAX_BYTES else _loads(raw)
+    except orjson.JSONDecodeError:  # orjson refuses a lone surrogate escape, which json takes
+        parsed = _loads(raw)
     return parsed if isinstance(parsed, dict) else None
+
+
+def _loads(raw: bytes) -> Any:
+    """``json.loads``, or None for what it cannot parse or recurse through (deep nesting)."""
+    try:
+        return json.loads(raw)
+    except (ValueError, RecursionError, MemoryError):
+        return None
 
 
 def primary_objects(body: JSONObject | None) -> list[JSONObject]:
@@ -187,14 +290,25 @@ def primary_objects(body: JSONObject | None) -> list[JSONObject]:
             raise ProtocolError("results entry is not an object")
         key, ident = ref.get("key"), ref.get("id")
         table = body.get(key) if isinstance(key, str) else None
-        if not isinstance(table, dict) or str(ident) not in table:
-            raise ProtocolError(f"results points at {key}/{ident}, which the response lacks")
-        objects.append(table[str(ident)])
+        ident = str(ident) if isinstance(ident, str | int) and not isinstance(ident, bool) else None
+        if not isinstance(table, dict) or ident not in table:
+            where = cap_message(f"{_scalar(key)}/{ident}", 200)
+            raise ProtocolError(f"results points at {where}, which the response lacks")
+        objects.append(table[ident])
     return objects
 
 
+def _scalar(value: Any) -> Any:
+    """``value`` if it prints short and safely, else its type's name (nested JSON can't)."""
+    return value if isinstance(value, str | int | float | bool) or value is None else "…"
+
+
 def workspace_snapshot(body: JSONObject | None, workspace_id: int) -> JSONObject | None:
-    """The workspace's ``status`` and ``updated_at`` as returned, for the change's result."""
+    """The workspace's ``status`` and ``updated_at`` as returned, for the change's result.
+
+    Only plain values are kept (strings capped, numbers finite): whatever else an odd answer
+    nests there could not be stored.
+    """
     if not isinstance(body, dict):
         return None
     workspaces = body.get("workspaces")
@@ -202,22 +316,48 @@ def workspace_snapshot(body: JSONObject | None, workspace_id: int) -> JSONObject
     if not isinstance(workspace, dict):
         return None
     snapshot: JSONObject = {}
-    if isinstance(workspace.get("status"), dict):
-        snapshot["status"] = workspace["status"]
-    if workspace.get("updated_at") is not None:
-        snapshot["updated_at"] = workspace["updated_at"]
+    status = workspace.get("status")
+    if isinstance(status, dict):
+        snapshot["status"] = {
+            cap_message(k): _plain(v) for k, v in status.items() if _plain(v) is not _DROP
+        }
+    updated_at = _plain(workspace.get("updated_at"))
+    if updated_at is not None and updated_at is not _DROP:
+        snapshot["updated_at"] = updated_at
     return snapshot
 
 
+_DROP = object()
+
+
+def _plain(value: Any) -> Any:
+    """A JSON scalar as it can be stored (a long string capped), or ``_DROP``."""
+    if isinstance(value, str):
+        return cap_message(value)
+    if isinstance(value, float) and not math.isfinite(value):
+        return _DROP
+    if value is None or isinstance(value, bool | int | float):
+        return value
+    return _DROP
+
+
 def status_key_of(body: JSONObject | None, workspace_id: int) -> int | None:
-    """The workspace's current ``status.key`` from a GET, or None when absent."""
+    """The workspace's current ``status.key`` from a GET, or None when absent or not a key."""
     snapshot = workspace_snapshot(body, workspace_id)
     status = snapshot.get("status") if snapshot else None
     key = status.get("key") if isinstance(status, dict) else None
-    try:
-        return int(key) if key is not None else None
-    except (TypeError, ValueError):
+    if isinstance(key, bool):
         return None
+    if isinstance(key, int):
+        return key
+    if isinstance(key, float):
+        return int(key) if key.is_integer() else None
+    if isinstance(key, str):
+        try:
+            return int(key)
+        except ValueError:
+            return None
+    return None
 
 
 __all__ = [

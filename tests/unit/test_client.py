@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import AsyncIterator, Iterator
 from types import SimpleNamespace
 from typing import Any
@@ -15,11 +16,15 @@ from yarl import URL
 
 from worker import __version__
 from worker.client import KantataClient, primary_objects, status_key_of, workspace_snapshot
-from worker.exceptions import ProtocolError, TransportError
+from worker.exceptions import ConfigError, ProtocolError, TransportError
 from worker.outcomes import ApiResponse
 
 BASE = "https://api.example.test/api/v1"
 TOKEN = "tok-S3cr3t-0123456789abcdef"
+SLASHED = "tok/S3cr3t+0123456789=="
+"""A token with a solidus, which some JSON encoders escape as ``\\/``."""
+SLASHED_JSON = "echo " + SLASHED.replace("/", "\\/") + " echo"
+UNICODE_JSON = "echo " + "".join(f"\\u{ord(c):04x}" for c in SLASHED) + " echo"
 WS_URL = f"{BASE}/workspaces/42"
 STATUS_URL = f"{BASE}/workspace_status_changes?include=workspace"
 
@@ -209,8 +214,8 @@ ANSWERS = [
         {"Retry-After": "Wed, 21 Oct 2015 07:28:00 GMT"},
         None,
         None,
-        None,
-        id="429-retry-after-date-ignored",
+        0.0,
+        id="429-retry-after-past-date-is-0",
     ),
     pytest.param(500, {"body": b"<html>oops</html>"}, {}, None, None, None, id="500-html"),
     pytest.param(
@@ -422,6 +427,45 @@ SNAPSHOTS = [
     pytest.param({"workspaces": {"42": "x"}}, None, None, id="workspace-not-object"),
     pytest.param({}, None, None, id="no-workspaces"),
     pytest.param(None, None, None, id="none"),
+    pytest.param(
+        {"workspaces": {"42": {"status": {"key": float("inf")}}}},
+        {"status": {}},
+        None,
+        id="infinite-key-1e999",
+    ),
+    pytest.param(
+        {"workspaces": {"42": {"status": {"key": float("nan")}}}}, {"status": {}}, None, id="nan"
+    ),
+    pytest.param(
+        {"workspaces": {"42": {"status": {"key": 310.0}}}}, {"status": {"key": 310.0}}, 310, id="f"
+    ),
+    pytest.param(
+        {"workspaces": {"42": {"status": {"key": 310.5}}}},
+        {"status": {"key": 310.5}},
+        None,
+        id="fractional-key",
+    ),
+    pytest.param(
+        {"workspaces": {"42": {"status": {"key": True}}}}, {"status": {"key": True}}, None, id="b"
+    ),
+    pytest.param(
+        {"workspaces": {"42": {"status": {"key": "9" * 5000}}}},
+        {"status": {"key": "9" * 1970 + "… (truncated, 5000 characters)"}},
+        None,
+        id="endless-string-key",
+    ),
+    pytest.param(
+        {"workspaces": {"42": {"status": {"key": 310, "deep": [[[["x"]]]], "o": {"a": 1}}}}},
+        {"status": {"key": 310}},
+        310,
+        id="nested-members-dropped",
+    ),
+    pytest.param(
+        {"workspaces": {"42": {"status": {"key": 310}, "updated_at": {"a": [1]}}}},
+        {"status": {"key": 310}},
+        310,
+        id="nested-updated-at-dropped",
+    ),
 ]
 
 
@@ -429,3 +473,117 @@ SNAPSHOTS = [
 def test_workspace_snapshot_and_status_key(body: Any, snapshot: Any, key: int | None) -> None:
     assert workspace_snapshot(body, 42) == snapshot
     assert status_key_of(body, 42) == key
+
+
+def test_primary_objects_with_a_deeply_nested_id() -> None:
+    ident: Any = "10"
+    for _ in range(1020):  # what orjson still parses; repr() of it would recurse too deep
+        ident = [ident]
+    body = {"results": [{"key": "workspaces", "id": ident}], "workspaces": {"10": {}}}
+    with pytest.raises(ProtocolError, match="lacks"):
+        primary_objects(body)
+
+
+def test_primary_objects_with_an_endless_key() -> None:
+    body = {"results": [{"key": "k" * 100_000, "id": "1"}]}
+    with pytest.raises(ProtocolError) as info:
+        primary_objects(body)
+    assert len(str(info.value)) < 300
+
+
+# --------------------------------------------------------------------------- odd bodies
+
+ODD_BODIES = [
+    pytest.param(b"[" * 100_000, id="100000-levels-of-list"),
+    pytest.param(b'{"a":' * 100_000, id="100000-levels-of-object"),
+    pytest.param(b"[" * 100_000 + b"]" * 100_000, id="100000-levels-closed"),
+    pytest.param(b'{"a": 1e999, "c": ' + b"[" * 5000 + b"]" * 5000 + b"}", id="5000-levels-inside"),
+    pytest.param(b"\xff\xfe\x00garbage", id="not-utf8"),
+    pytest.param(b'{"n": ' + b"9" * 5000 + b"}", id="int-past-python-digit-limit"),
+]
+
+
+@pytest.mark.parametrize("raw", ODD_BODIES)
+def test_odd_bodies_are_no_body(raw: bytes) -> None:
+    # Over a real socket: tests/integration/test_hostile_server.py.
+    assert KantataClient(BASE, TOKEN, timeout=5.0)._parse(raw) is None
+
+
+def test_non_finite_numbers_parse_and_are_never_a_status_key() -> None:
+    raw = b'{"workspaces": {"42": {"status": {"key": NaN, "color": "x"}}}, "n": -1e999}'
+    body = KantataClient(BASE, TOKEN, timeout=5.0)._parse(raw)
+    assert body is not None and body["n"] == -math.inf
+    assert status_key_of(body, 42) is None
+    assert workspace_snapshot(body, 42) == {"status": {"color": "x"}}
+
+
+async def test_infinite_status_key_reads_back_as_none(
+    mocked: aioresponses, client: KantataClient
+) -> None:
+    raw = b'{"workspaces": {"42": {"status": {"key": 1e999}, "updated_at": 1e999}}}'
+    mocked.get(WS_URL, status=200, body=raw)
+    answer = await client.get_workspace(42)
+    assert answer.body is not None
+    assert status_key_of(answer.body, 42) is None
+    assert workspace_snapshot(answer.body, 42) == {"status": {}}
+
+
+# --------------------------------------------------------------------------- the token
+
+
+@pytest.mark.parametrize(
+    "token",
+    ["tok\r\nX-Evil: 1", "tok en-0123456789", "tok\x00-0123456789", "", "\r\n", "tök-0123456789"],
+)
+def test_a_token_no_header_can_carry_is_refused(token: str) -> None:
+    with pytest.raises(ConfigError, match=r"^token: ") as info:
+        KantataClient(BASE, token, timeout=5.0)
+    assert token.strip() == "" or token not in str(info.value)
+
+
+async def test_surrounding_whitespace_of_the_token_is_not_sent(mocked: aioresponses) -> None:
+    mocked.get(WS_URL, status=200, payload={})
+    async with KantataClient(BASE, f" {TOKEN}\r\n", timeout=5.0) as c:
+        await c.get_workspace(42)
+    assert only_call(mocked, "GET", WS_URL)["headers"]["Authorization"] == f"Bearer {TOKEN}"
+
+
+ECHOES = [
+    # raw body, what the error message reads once masked
+    pytest.param(
+        f'{{"errors": [{{"message": "bad Authorization: Bearer {SLASHED}"}}]}}'.encode(),
+        "bad Authorization: Bearer [REDACTED]",
+        id="raw",
+    ),
+    pytest.param(
+        f'{{"errors": [{{"message": "{SLASHED_JSON}"}}]}}'.encode(),
+        "echo [REDACTED] echo",
+        id="solidus-escaped",
+    ),
+    pytest.param(
+        f'{{"errors": [{{"message": "{UNICODE_JSON}"}}]}}'.encode(),
+        "echo [REDACTED] echo",
+        id="unicode-escaped",
+    ),
+    pytest.param(
+        f'{{"errors": [{{"message": "x", "{TOKEN}": ["{TOKEN}"]}}], "t": "{TOKEN}"}}'.encode(),
+        "x",
+        id="in-keys-and-lists",
+    ),
+]
+
+
+@pytest.mark.parametrize(("raw", "message"), ECHOES)
+async def test_an_echoed_token_is_masked(mocked: aioresponses, raw: bytes, message: str) -> None:
+    mocked.put(WS_URL, status=422, body=raw, headers={"X-Request-Id": f"r-{SLASHED}"})
+    async with KantataClient(BASE, SLASHED, timeout=5.0) as c:
+        answer = await c.update_workspace(42, {"title": "x"})
+    assert answer.body is not None
+    assert answer.body["errors"][0]["message"] == message
+    assert answer.request_id == "r-[REDACTED]"
+    assert SLASHED not in json.dumps(answer.body) and SLASHED not in repr(answer)
+
+
+def test_a_short_token_is_not_masked_everywhere() -> None:
+    client = KantataClient(BASE, "abc", timeout=5.0)
+    assert client._parse(b'{"message": "abcabc"}') == {"message": "abcabc"}
