@@ -149,6 +149,15 @@ class HttpListener:
             raise ConfigError(
                 f"http: cannot listen on {self.host}:{self.port} ({exc.strerror or exc})"
             ) from exc
+        if not runner.addresses:
+            # asyncio skips an address family the kernel refuses (EAFNOSUPPORT, e.g. under
+            # systemd's RestrictAddressFamilies=), and may end up bound to nothing at all.
+            await runner.cleanup()
+            raise ConfigError(
+                f"http_host: cannot listen on {self.host}:{self.port}: no socket of its "
+                "address family could be opened (forbidden by RestrictAddressFamilies=?); "
+                "choose another --http-host, or --no-http"
+            )
         self._runner = runner
         port = runner.addresses[0][1]
         host = f"[{self.host}]" if ":" in self.host else self.host
