@@ -24,6 +24,8 @@ SAME_STATUS = re.compile(
 MAX_MESSAGE_CHARS = 2000
 """The longest error text kept in a column, a log line or an exception message."""
 DELTA_SECONDS = re.compile(r"[0-9]+(?:\.[0-9]+)?")
+MAX_RETRY_AFTER_WAIT = 30 * 86_400.0
+"""The longest one change waits for a Retry-After (30 days); longer ones are cut to it."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,12 +134,14 @@ def backoff_delay(
 ) -> float:
     """Seconds to wait before attempt ``attempt + 1``: full jitter, capped, never under Retry-After.
 
-    ``jitter`` is a uniform draw in [0, 1); passing it in keeps this function pure.
+    Retry-After is honoured up to :data:`MAX_RETRY_AFTER_WAIT`: a longer one (a date centuries
+    away, twenty digits of seconds) would not fit a timestamp. ``jitter`` is a uniform draw in
+    [0, 1); passing it in keeps this function pure.
     """
     ceiling = min(cap, base * 2.0 ** min(max(attempt - 1, 0), 64))
     delay: float = jitter * ceiling
     if retry_after is not None:
-        delay = max(delay, retry_after)
+        delay = max(delay, min(retry_after, MAX_RETRY_AFTER_WAIT))
     return delay
 
 

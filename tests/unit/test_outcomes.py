@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from worker.exceptions import TransportError, TransportKind
 from worker.outcomes import (
     MAX_MESSAGE_CHARS,
+    MAX_RETRY_AFTER_WAIT,
     ApiResponse,
     Classified,
     Verdict,
@@ -401,6 +402,11 @@ BACKOFF = [
     pytest.param(8, 1.0, 60.0, 0.5, 7.0, 30.0, id="backoff-above-retry-after"),
     pytest.param(1, 1.0, 60.0, 0.5, 120.0, 120.0, id="retry-after-beats-cap"),
     pytest.param(1, 1.0, 60.0, 0.5, 0.0, 0.5, id="retry-after-zero"),
+    pytest.param(1, 1.0, 60.0, 0.5, 7200.0, 7200.0, id="retry-after-two-hours"),
+    pytest.param(1, 1.0, 60.0, 0.5, 2_592_000.0, 2_592_000.0, id="retry-after-30-days"),
+    pytest.param(1, 1.0, 60.0, 0.5, 2.5e11, 2_592_000.0, id="retry-after-year-9999-cut"),
+    pytest.param(1, 1.0, 60.0, 0.5, 1e30, 2_592_000.0, id="retry-after-30-digits-cut"),
+    pytest.param(1, 1.0, 60.0, 0.5, math.inf, 2_592_000.0, id="retry-after-inf-cut"),
 ]
 
 
@@ -410,6 +416,15 @@ def test_backoff_delay(
 ) -> None:
     delay = backoff_delay(attempt, base=base, cap=cap, jitter=jitter, retry_after=retry_after)
     assert delay == pytest.approx(expected)
+
+
+@pytest.mark.parametrize("header", ["9" * 20, "Fri, 31 Dec 9999 23:59:59 GMT", "99999999999999"])
+def test_any_parsed_retry_after_gives_a_delay_a_timestamp_can_hold(header: str) -> None:
+    retry_after = parse_retry_after(header, now=NOW)
+    assert retry_after is not None and retry_after > MAX_RETRY_AFTER_WAIT
+    delay = backoff_delay(1, base=1.0, cap=60.0, jitter=0.5, retry_after=retry_after)
+    assert delay == MAX_RETRY_AFTER_WAIT
+    assert NOW + timedelta(seconds=delay) == datetime(2026, 12, 31, 12, 0, tzinfo=UTC)
 
 
 @settings(max_examples=200, deadline=None)
