@@ -31,6 +31,19 @@ class State(StrEnum):
 FINAL_STATES = frozenset({State.SUCCEEDED, State.FAILED, State.INVALID, State.CANCELLED})
 
 
+class RunEnding(StrEnum):
+    """Why a run ended, as the run log and the summary line say it."""
+
+    DRAINED = "drained"
+    """Nothing due was left."""
+    STOPPED = "stopped"
+    """SIGTERM, SIGINT, or the daemon rotating its run."""
+    TOKEN_REJECTED = "token_rejected"
+    """Kantata answered 401: every claimed change went back untouched."""
+    ERROR = "error"
+    """The database stayed unusable, or something unexpected broke."""
+
+
 class Outcome(StrEnum):
     """How a succeeded change took effect."""
 

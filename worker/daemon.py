@@ -1,4 +1,7 @@
-"""``kantata-sync serve``: the long-running worker for systemd (``Type=notify``).
+"""The supervisor loop of ``kantata-sync serve``, the long-running worker for systemd.
+
+It receives a ready :class:`~worker.dispatcher.Dispatcher` (see :mod:`worker.runtime`); the
+command itself lives in :mod:`worker.cli`.
 
 Every poll interval, or at once when the ``wake`` event is set, the loop checks cheaply
 whether a change is due (``Store.next_due``). When one is, it starts a dispatcher run, which
@@ -18,8 +21,6 @@ period, returns every other claimed change to pending, and exits 0.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
-import os
 import signal
 import time
 from collections.abc import Callable
@@ -27,12 +28,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-import click
-
-from .changes import State
-from .client import KantataClient
-from .config import Settings
-from .coordination import Coordinator
+from .changes import RunEnding, State
 from .dispatcher import Dispatcher, RunReport
 from .exceptions import DatabaseError, SyncError
 from .health import (
@@ -44,10 +40,8 @@ from .health import (
     HttpListener,
 )
 from .logging import get_logger
-from .metrics import Metrics
-from .ratelimit import RateLimiter, SharedRateLimiter
-from .sdnotify import Notifier, watchdog_interval
-from .store import Store
+from .runtime import refresh_queue_metrics
+from .sdnotify import Notifier
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,42 +73,37 @@ class ServeSummary:
 
 
 class Daemon:
-    """The serve loop around one :class:`Dispatcher`, one :class:`Metrics` and one store.
+    """The serve loop around one :class:`Dispatcher` (and its store, settings and metrics).
 
     ``wake``: an event that anything may set to make the loop look for due changes at once
     instead of at the next poll; ``serve`` passes the one of
     :meth:`Coordinator.notifications` (PostgreSQL LISTEN/NOTIFY on new changes). The loop
-    clears it. ``coordinator``: the worker registry and shared budget; the daemon registers as
-    a ``serve`` worker and heartbeats while idle (the dispatcher does while it runs).
-    ``notifier`` defaults to a no-op (no ``NOTIFY_SOCKET``).
+    clears it. The daemon registers the dispatcher's worker as a ``serve`` worker and
+    heartbeats while idle (the dispatcher does while it runs). ``notifier`` defaults to a
+    no-op (no ``NOTIFY_SOCKET``).
     """
 
     def __init__(
         self,
-        settings: Settings,
-        store: Store,
+        dispatcher: Dispatcher,
         options: ServeOptions | None = None,
         *,
         notifier: Notifier | None = None,
-        metrics: Metrics | None = None,
-        limiter: RateLimiter | SharedRateLimiter | None = None,
-        coordinator: Coordinator | None = None,
         wake: asyncio.Event | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.settings = settings
-        self.store = store
+        self.dispatcher = dispatcher
+        self.settings = dispatcher.settings
+        self.store = dispatcher.store
+        self.metrics = dispatcher.metrics
         self.options = options or ServeOptions()
         self.notifier = notifier or Notifier(None)
-        self.metrics = metrics or Metrics()
-        self.limiter = limiter or RateLimiter(settings.rate_limit)
-        self.coordinator = coordinator
         self.wake = wake if wake is not None else asyncio.Event()
         self.clock = clock
         self.stop_event = asyncio.Event()
         self.retry_event = asyncio.Event()
         self.health = HealthState(self.options.stale_after, clock)
-        self.probe = DatabaseProbe(store.engine)
+        self.probe = DatabaseProbe(self.store.engine)
         self.summary = ServeSummary()
         self.ready = asyncio.Event()
         """Set once READY=1 has been sent: the listener is up and the database answered."""
@@ -173,30 +162,17 @@ class Daemon:
                 if on_listening is not None:
                     on_listening(self.url)
             await self._poll(busy=False)  # the database check: DatabaseError if it fails
-            async with KantataClient(
-                self.settings.api_base_url,
-                self.settings.api_token(),
-                timeout=self.settings.request_timeout,
-                max_connections=self.settings.concurrency * 2,
-            ) as client:
-                dispatcher = Dispatcher(
-                    self.store,
-                    client,
-                    self.settings,
-                    limiter=self.limiter,
-                    coordinator=self.coordinator,
-                    metrics=self.metrics,
-                )
-                try:
-                    await dispatcher.register("serve")
-                    background.append(asyncio.create_task(self._idle_heartbeat(dispatcher)))
-                    if self.options.watchdog_interval is not None:
-                        interval = self.options.watchdog_interval
-                        background.append(asyncio.create_task(self._watchdog(interval)))
-                    self._announce_ready()
-                    await self._loop(dispatcher)
-                finally:
-                    await self._leave_registry(dispatcher)
+            dispatcher = self.dispatcher
+            try:
+                await dispatcher.register("serve")
+                background.append(asyncio.create_task(self._idle_heartbeat(dispatcher)))
+                if self.options.watchdog_interval is not None:
+                    interval = self.options.watchdog_interval
+                    background.append(asyncio.create_task(self._watchdog(interval)))
+                self._announce_ready()
+                await self._loop(dispatcher)
+            finally:
+                await self._leave_registry(dispatcher)
         finally:
             for task in background:
                 task.cancel()
@@ -280,7 +256,7 @@ class Daemon:
             return
         self.summary.runs += 1
         self.summary.last_report = report
-        if report.ended_because == "token_rejected":
+        if report.ended_because is RunEnding.TOKEN_REJECTED:
             self.summary.token_rejections += 1
             self._token_retry_at = self.clock() + self.options.token_retry_interval
             self.health.token_problem = (
@@ -331,13 +307,8 @@ class Daemon:
         problem = await self.probe.problem()
         if problem is not None:
             raise DatabaseError(problem)
+        self._counts = await refresh_queue_metrics(self.store, self.metrics)
         now = datetime.now(UTC)
-        self._counts = await self.store.counts()
-        for state, count in self._counts.items():
-            self.metrics.queue_depth.labels(state).set(count)
-        oldest = await self.store.oldest_pending()
-        age = (now - oldest).total_seconds() if oldest is not None else 0.0
-        self.metrics.oldest_pending.set(max(age, 0.0))
         if busy:
             return False
         return await self.store.next_due(now, now) is not None
@@ -433,113 +404,3 @@ class Daemon:
             self.notifier.status(text)
         else:
             self.notifier.stopping(text)
-
-
-@click.command("serve")
-@click.option(
-    "--poll-interval",
-    type=click.FloatRange(min=0.05, max=3600),
-    default=5.0,
-    show_default=True,
-    help="Seconds between looks at the queue while idle (and queue-gauge refreshes).",
-)
-@click.option(
-    "--http-host",
-    default=DEFAULT_HTTP_HOST,
-    show_default=True,
-    help="Address of the /metrics, /healthz and /readyz listener.",
-)
-@click.option(
-    "--http-port",
-    type=click.IntRange(min=0, max=65535),
-    default=DEFAULT_HTTP_PORT,
-    show_default=True,
-    help="Port of the listener; 0 picks a free one and prints its URL on stdout.",
-)
-@click.option("--no-http", is_flag=True, help="Serve no HTTP at all.")
-@click.option(
-    "--token-retry-interval",
-    type=click.FloatRange(min=1, max=86_400),
-    default=60.0,
-    show_default=True,
-    help="After a 401, seconds before the token is tried again (SIGHUP: at once).",
-)
-@click.option(
-    "--max-run-seconds",
-    type=click.FloatRange(min=1),
-    default=600.0,
-    show_default=True,
-    help="End a busy run after this long and start the next (one run-log row each).",
-)
-@click.option("--notify-socket", envvar="NOTIFY_SOCKET", hidden=True)
-@click.option("--watchdog-usec", envvar="WATCHDOG_USEC", hidden=True)
-@click.option("--watchdog-pid", envvar="WATCHDOG_PID", hidden=True)
-@click.pass_context
-def serve(
-    ctx: click.Context,
-    /,
-    poll_interval: float,
-    http_host: str,
-    http_port: int,
-    no_http: bool,
-    token_retry_interval: float,
-    max_run_seconds: float,
-    notify_socket: str | None,
-    watchdog_usec: str | None,
-    watchdog_pid: str | None,
-) -> None:
-    """Run as a daemon: sync changes as they become due, until SIGTERM.
-
-    Serves Prometheus metrics on /metrics, liveness on /healthz and readiness on /readyz.
-    Under systemd (Type=notify) it reports READY=1, STATUS= lines and STOPPING=1, and pings
-    the watchdog when WatchdogSec= is set. After a 401 it stays up but unready and retries the
-    token every --token-retry-interval seconds, or at once on SIGHUP. Exit codes as for run;
-    0 after a clean SIGTERM.
-    """
-    from .cli import _open_store, _run_async, _settings, make_limiter, named_worker
-
-    settings = named_worker(_settings(ctx))
-    options = ServeOptions(
-        poll_interval=poll_interval,
-        http_host=http_host,
-        http_port=None if no_http else http_port,
-        token_retry_interval=token_retry_interval,
-        max_run_seconds=max_run_seconds,
-    )
-
-    async def _go() -> ServeSummary:
-        settings.api_token()  # no token: a configuration error before anything starts
-        ping_every = watchdog_interval(watchdog_usec, watchdog_pid, os.getpid())
-        notifier = Notifier(notify_socket)
-        try:
-            store = await _open_store(settings, worker=True)
-        except BaseException:
-            notifier.close()
-            raise
-        coordinator = Coordinator(store.engine)
-        try:
-            async with coordinator.notifications() as wake:  # None unless PostgreSQL
-                daemon = Daemon(
-                    settings,
-                    store,
-                    dataclasses.replace(options, watchdog_interval=ping_every),
-                    notifier=notifier,
-                    limiter=make_limiter(settings, coordinator),
-                    coordinator=coordinator,
-                    wake=wake,
-                )
-                daemon.install_signal_handlers()
-                # Port 0: say which port was picked. Otherwise stdout stays quiet, so that
-                # the journal holds nothing but JSON lines.
-                return await daemon.run(
-                    on_listening=(
-                        (lambda url: click.echo(f"kantata-sync serve: listening on {url}"))
-                        if http_port == 0 and not no_http
-                        else None
-                    )
-                )
-        finally:
-            notifier.close()
-            await store.engine.dispose()
-
-    _run_async(_go)

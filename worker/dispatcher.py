@@ -12,12 +12,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import math
 import random
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
@@ -26,12 +25,9 @@ from structlog.contextvars import bind_contextvars, bound_contextvars
 from .breaker import CircuitBreaker
 from .changes import (
     Change,
-    ClaimedRow,
-    Kind,
     Lease,
-    Result,
+    RunEnding,
     RunStats,
-    State,
 )
 from .client import (
     KantataClient,
@@ -47,15 +43,16 @@ from .exceptions import (
     SyncError,
     TokenRejected,
 )
+from .intake import admit, one_line, plans_of
 from .keeper import LeaseKeeper
 from .leases import LeaseBook, LeaseTerms
+from .ledger import Ledger
 from .logging import get_logger
 from .metrics import Metrics
-from .planner import Step, WorkspacePlan, one_status_change, plan
-from .ratelimit import RateLimiter, SharedRateLimiter
+from .planner import Step, WorkspacePlan
+from .ratelimit import Limiter, RateLimiter
 from .steps import StepRunner
 from .store import Store
-from .validation import validate_row
 from .writeback import FLUSH_INTERVAL, WriteBuffer
 
 T = TypeVar("T")
@@ -75,19 +72,13 @@ def default_worker_name() -> str:
     return f"worker-{uuid.uuid4().hex[:8]}"
 
 
-def one_line(exc: BaseException, limit: int = 300) -> str:
-    """An unexpected exception as one short line: its type and message."""
-    text = " ".join(str(exc).split()) or "(no message)"
-    return f"{type(exc).__name__}: {text[:limit]}"
-
-
 @dataclass(slots=True)
 class RunReport:
     """How a run went: its counters and why it ended."""
 
     run_id: str
     stats: RunStats
-    ended_because: str
+    ended_because: RunEnding
     duration: float
 
 
@@ -100,7 +91,7 @@ class Dispatcher:
         client: KantataClient,
         settings: Settings,
         *,
-        limiter: RateLimiter | SharedRateLimiter | None = None,
+        limiter: Limiter | None = None,
         breaker: CircuitBreaker | None = None,
         coordinator: Coordinator | None = None,
         metrics: Metrics | None = None,
@@ -112,7 +103,7 @@ class Dispatcher:
         self.store = store
         self.client = client
         self.settings = settings
-        self.limiter: RateLimiter | SharedRateLimiter = limiter or RateLimiter(settings.rate_limit)
+        self.limiter: Limiter = limiter or RateLimiter(settings.rate_limit)
         self.breaker = breaker or CircuitBreaker(
             settings.breaker_threshold, settings.breaker_cooldown
         )
@@ -143,27 +134,12 @@ class Dispatcher:
             on_lost=self._lost,
             monotonic=monotonic,
         )
-        self.steps = StepRunner(
-            client=client,
-            settings=settings,
-            limiter=self.limiter,
-            breaker=self.breaker,
-            metrics=self.metrics,
-            buffer=self._buffer,
-            rng=self.rng,
-            clock=clock,
-            log=self.log,
-            finish=lambda result, kind: self._finish(result, kind=kind),
-            leases=self.leases,
-            confirm=self.keeper.confirm,
-            halted=lambda: self._halt.is_set(),
-        )
+        self._ledger = self._new_ledger("")
+        self.steps = self._new_steps()
         self._halt = asyncio.Event()
         self._hungry = asyncio.Event()
         self._queued = 0
         """Changes in the plans waiting in the queue."""
-        self._stats = RunStats()
-        self._run_id = ""
         self._token_rejected: TokenRejected | None = None
         self._fatal: SyncError | None = None
 
@@ -175,50 +151,74 @@ class Dispatcher:
         that ended it.
         """
         stop = stop or asyncio.Event()
-        self._run_id = uuid.uuid4().hex
-        self._stats = RunStats()
-        self.steps.run_id, self.steps.stats = self._run_id, self._stats
-        # Resolve the logger once per run rather than on every call (structlog's lazy proxy
-        # binds anew each time), and skip building per-request lines nobody will see.
-        self.log = self.steps.log = get_logger().bind()
-        self.steps.verbose = _logs_info(self.log)
+        self._ledger = self._new_ledger(uuid.uuid4().hex)
+        self.log = self._ledger.log
+        self.steps = self._new_steps()
         self._token_rejected = None
         self._fatal = None
         started = time.monotonic()
         await self._ride(lambda: self.keeper.register(command))
         await self._ride(
-            lambda: self.store.start_run(self._run_id, self.owner, command, self.clock())
+            lambda: self.store.start_run(self._ledger.run_id, self.owner, command, self.clock())
         )
-        with bound_contextvars(run_id=self._run_id):
+        with bound_contextvars(run_id=self._ledger.run_id):
             self.log.info("run.started", worker=self.owner, command=command)
             try:
                 ended_because = await self._loop(stop)
             except SyncError as exc:
                 self._fatal = self._fatal or exc
-                ended_because = "error"
+                ended_because = RunEnding.ERROR
             except Exception as exc:
                 self.log.error("run.internal_error", error=one_line(exc), exc_info=True)
                 self._fatal = self._fatal or InternalError(one_line(exc))
-                ended_because = "error"
+                ended_because = RunEnding.ERROR
             duration = time.monotonic() - started
             await self._record_end(ended_because, duration)
         if self._fatal is not None:
             raise self._fatal
-        return RunReport(self._run_id, self._stats, ended_because, duration)
+        return RunReport(self._ledger.run_id, self._ledger.stats, ended_because, duration)
 
-    async def _record_end(self, ended_because: str, duration: float) -> None:
+    def _new_ledger(self, run_id: str) -> Ledger:
+        # Resolve the logger once per run rather than on every call (structlog's lazy proxy
+        # binds anew each time), and skip building per-request lines nobody will see.
+        log = get_logger().bind()
+        return Ledger(
+            run_id,
+            self.leases,
+            self._buffer,
+            self.metrics,
+            log,
+            verbose=_logs_info(log),
+            on_progress=self.on_progress,
+        )
+
+    def _new_steps(self) -> StepRunner:
+        return StepRunner(
+            client=self.client,
+            settings=self.settings,
+            limiter=self.limiter,
+            breaker=self.breaker,
+            metrics=self.metrics,
+            ledger=self._ledger,
+            confirm=self.keeper.confirm,
+            halted=lambda: self._halt.is_set(),
+            rng=self.rng,
+            clock=self.clock,
+        )
+
+    async def _record_end(self, ended_because: RunEnding, duration: float) -> None:
         """The run-log row and the summary line; a failure here never hides the run's error."""
         try:
             await self._ride(
                 lambda: self.store.finish_run(
-                    self._run_id, self._stats, ended_because, self.clock(), duration
+                    self._ledger.run_id, self._ledger.stats, ended_because, self.clock(), duration
                 )
             )
         except DatabaseError as exc:
             self.log.error("run.unrecorded", error=str(exc))
             self._fatal = self._fatal or exc
         self.metrics.run_duration.set(duration)
-        if ended_because in {"drained", "stopped"}:
+        if ended_because in {RunEnding.DRAINED, RunEnding.STOPPED}:
             self.metrics.last_success.set(time.time())
         summary = self.log.error if self._fatal is not None else self.log.info
         summary(
@@ -226,15 +226,15 @@ class Dispatcher:
             ended_because=ended_because,
             error=str(self._fatal) if self._fatal is not None else None,
             duration_s=round(duration, 3),
-            claimed=self._stats.claimed,
-            succeeded=self._stats.succeeded,
-            failed=self._stats.failed,
-            invalid=self._stats.invalid,
-            retried=self._stats.retried,
-            requests=self._stats.requests,
-            rate_limited=self._stats.rate_limited,
-            lost_leases=self._stats.lost_leases,
-            outcomes=self._stats.by_outcome,
+            claimed=self._ledger.stats.claimed,
+            succeeded=self._ledger.stats.succeeded,
+            failed=self._ledger.stats.failed,
+            invalid=self._ledger.stats.invalid,
+            retried=self._ledger.stats.retried,
+            requests=self._ledger.stats.requests,
+            rate_limited=self._ledger.stats.rate_limited,
+            lost_leases=self._ledger.stats.lost_leases,
+            outcomes=self._ledger.stats.by_outcome,
         )
 
     async def _ride(self, operation: Callable[[], Awaitable[T]]) -> T:
@@ -247,7 +247,7 @@ class Dispatcher:
         if failures == 1:
             self.log.warning("db.retrying", error=str(exc), within_s=self.settings.db_retry_seconds)
 
-    async def _loop(self, stop: asyncio.Event) -> str:
+    async def _loop(self, stop: asyncio.Event) -> RunEnding:
         queue: asyncio.Queue[WorkspacePlan | None] = asyncio.Queue()
         halt = self._halt = asyncio.Event()
         workers = [
@@ -261,7 +261,7 @@ class Dispatcher:
         )
         heartbeat = asyncio.create_task(self.keeper.keep_alive(self._end_with))
         self._queued = 0
-        ended_because = "drained"
+        ended_because = RunEnding.DRAINED
         try:
             while not stop.is_set() and self._token_rejected is None and self._fatal is None:
                 # Claim the next batch while a whole one is still queued, so that the workers
@@ -289,11 +289,11 @@ class Dispatcher:
                 # An empty claim never spins: wait a little even when something looks due.
                 await _wait_any(stop, halt, seconds=min(max(wait, MIN_IDLE_WAIT), 1.0))
             if self._fatal is not None:
-                ended_because = "error"
+                ended_because = RunEnding.ERROR
             elif self._token_rejected is not None:
-                ended_because = "token_rejected"
+                ended_because = RunEnding.TOKEN_REJECTED
             elif stop.is_set():
-                ended_because = "stopped"
+                ended_because = RunEnding.STOPPED
             halt.set()
             await self._drain(queue, workers)
         finally:
@@ -366,47 +366,20 @@ class Dispatcher:
         )
         if not rows:
             return []
-        self._stats.claimed += len(rows)
+        self._ledger.stats.claimed += len(rows)
         valid: list[Change] = []
         for index, row in enumerate(rows):
             if index and not index % VALIDATE_CHUNK:
                 # Validating a whole batch takes milliseconds: let requests that are due go.
                 await asyncio.sleep(0)
-            self.leases.hold(Lease(row.id, row.lease_token), since)
+            self._ledger.hold(Lease(row.id, row.lease_token), since)
             try:
-                change = validate_row(row)
+                valid.append(admit(row))
             except InputError as exc:
-                self._invalid(row, exc)
-                continue
-            except Exception as exc:
-                # SQLite stores anything anywhere: a value no check foresaw is bad input too.
-                self._invalid(row, InputError("row", f"cannot be read ({one_line(exc)})"))
-                continue
-            if _ambiguous(change, row):
-                change = replace(change, ambiguous=True)
-            valid.append(change)
-        plans = []
-        for workspace_plan in plan(valid):
-            now, later = one_status_change(workspace_plan)
-            self._release_steps(later)
-            plans.append(now)
-        return plans
-
-    def _invalid(self, row: ClaimedRow, exc: InputError) -> None:
-        with bound_contextvars(change_id=row.id):
-            self.log.warning("change.invalid", column=exc.column, error=exc.message)
-        self._finish(
-            Result(
-                row.id,
-                row.lease_token,
-                State.INVALID,
-                attempts=row.attempts,
-                error_type="invalid",
-                error_message=str(exc),
-                error_field=exc.column,
-            ),
-            kind=str(row.kind) if isinstance(row.kind, str) else "unknown",
-        )
+                self._ledger.invalid(row, exc)
+        planned = plans_of(valid)
+        self._release_steps(tuple(planned.later))
+        return planned.plans
 
     async def _work(self, queue: asyncio.Queue[WorkspacePlan | None], halt: asyncio.Event) -> None:
         while True:
@@ -468,43 +441,15 @@ class Dispatcher:
                 self._release_steps(workspace_plan.steps[index + 1 :])
                 return
 
-    def _finish(self, result: Result, *, kind: str) -> None:
-        self.leases.forget(result.change_id)
-        self._buffer.result(result)
-        state = result.state
-        if state is State.SUCCEEDED:
-            self._stats.succeeded += 1
-        elif state is State.FAILED:
-            self._stats.failed += 1
-        elif state is State.INVALID:
-            self._stats.invalid += 1
-        label = str(result.outcome or result.error_type or state)
-        self._stats.by_outcome[label] = self._stats.by_outcome.get(label, 0) + 1
-        self.metrics.change_finished(kind, state, result.outcome or "")
-        if self.on_progress is not None:
-            self.on_progress(1)
-
     def _release_steps(self, steps: tuple[Step, ...]) -> None:
         """Hand unsent changes back to the queue untouched, at the next flush."""
-        for step in steps:
-            for change in step.changes:
-                lease = self.leases.release(change.id)
-                if lease is not None:
-                    self._buffer.release(lease)
+        self._ledger.release_steps(steps)
 
     def _release_plan(self, workspace_plan: WorkspacePlan) -> None:
-        self._release_steps(workspace_plan.steps)
+        self._ledger.release_steps(workspace_plan.steps)
 
     async def _release_held(self) -> None:
-        leases = self.leases.clear()
-        try:
-            released = await self.store.release(leases, self.clock())
-        except BaseException:
-            for lease in leases:
-                self.leases.hold(lease, -math.inf)  # still ours to hand back, never to send
-            raise
-        if released:
-            self.log.info("changes.released", count=released)
+        await self._ledger.release_held(self.store, self.clock())
 
     async def flush(self) -> None:
         """Write buffered results, releases and attempt records now."""
@@ -518,10 +463,7 @@ class Dispatcher:
         self._halt.set()
 
     def _lost(self, change_ids: list[int]) -> None:
-        if change_ids:
-            self._stats.lost_leases += len(change_ids)
-            self.metrics.lost_leases.inc(len(change_ids))
-            self.log.warning("lease.lost", count=len(change_ids), change_ids=change_ids[:20])
+        self._ledger.lost(change_ids)
 
     async def register(self, command: str) -> None:
         """Join the worker registry (once per process); see :mod:`worker.coordination`."""
@@ -534,15 +476,6 @@ class Dispatcher:
     async def close(self) -> None:
         """Leave the worker registry (a failure is logged, never raised)."""
         await self.keeper.deregister()
-
-
-def _ambiguous(change: Change, row: ClaimedRow) -> bool:
-    """The last attempt of a status change got no answer or a 5xx: it may have landed."""
-    return (
-        change.kind is Kind.STATUS_CHANGE
-        and row.attempts > 0
-        and (row.http_status is None or row.http_status >= 500)
-    )
 
 
 def _size(workspace_plan: WorkspacePlan) -> int:

@@ -1,6 +1,6 @@
-"""Pure classification of Kantata OX answers, and the backoff that follows a retryable one.
+"""Pure decisions about Kantata OX answers: the verdict, the backoff, and each change's result.
 
-DESIGN.md's table: 2xx → applied; 429, 5xx, timeouts, connection errors → retry with
+The outcome table: 2xx → applied; 429, 5xx, timeouts, connection errors → retry with
 exponential backoff and full jitter; 400, 403, 404, 422 → failed at once with Kantata's error;
 the same-status 422 of a status change → confirm by read-back; 401 → stop the run.
 Error text is capped at :data:`MAX_MESSAGE_CHARS` characters before anything stores it.
@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
 from enum import StrEnum
 
-from .changes import JSONObject
+from .changes import Change, JSONObject, Outcome, Result, State
 from .exceptions import TransportError
 
 SAME_STATUS = re.compile(
@@ -61,9 +62,15 @@ class Classified:
     @property
     def ambiguous(self) -> bool:
         """The request may have been applied although no success was seen."""
-        return self.verdict is Verdict.RETRY and (
-            self.http_status is None or self.http_status >= 500
-        )
+        return self.verdict is Verdict.RETRY and may_have_landed(self.http_status)
+
+
+def may_have_landed(http_status: int | None) -> bool:
+    """Whether a request that got this answer (None: no answer) may still have been applied.
+
+    No answer, or a 5xx, says nothing about what the server did; any other answer does.
+    """
+    return http_status is None or http_status >= 500
 
 
 def kantata_error(body: JSONObject | None) -> tuple[str | None, str | None, str | None]:
@@ -177,3 +184,82 @@ def cap_message(text: str, limit: int = MAX_MESSAGE_CHARS) -> str:
     if cut and "\ud800" <= text[cut - 1] <= "\udbff":
         cut -= 1
     return text[:cut] + marker
+
+
+def success_results(
+    changes: Sequence[Change],
+    outcome: Outcome,
+    http_status: int,
+    snapshot: JSONObject | None,
+) -> list[Result]:
+    """Pure: every change of a step that succeeded gets its own result.
+
+    The last change carries the request; the earlier ones were merged into it.
+    """
+    carrier = changes[-1].id
+    return [
+        Result(
+            change.id,
+            change.lease_token,
+            State.SUCCEEDED,
+            outcome=Outcome.MERGED if change.id != carrier else outcome,
+            attempts=change.attempts + 1,
+            http_status=http_status,
+            result=snapshot,
+            merged_into_id=carrier if change.id != carrier else None,
+        )
+        for change in changes
+    ]
+
+
+def failure_result(
+    change: Change,
+    verdict: Classified,
+    *,
+    max_attempts: int,
+    delay: float,
+    now: datetime,
+) -> Result:
+    """Pure: retry later (pending, ``delay`` seconds from ``now``) or fail for good.
+
+    A retryable answer is retried while attempts are left; then the change fails with the
+    last error and the count of attempts it took. Anything else fails at once.
+    """
+    attempts = change.attempts + 1
+    retryable = verdict.verdict is Verdict.RETRY
+    if retryable and attempts < max_attempts:
+        return Result(
+            change.id,
+            change.lease_token,
+            State.PENDING,
+            attempts=attempts,
+            http_status=verdict.http_status,
+            error_type=verdict.error_type,
+            error_message=verdict.error_message,
+            error_field=verdict.error_field,
+            next_attempt_at=now + timedelta(seconds=delay),
+        )
+    message = verdict.error_message
+    if retryable:
+        message = f"gave up after {attempts} attempts: {message}"
+    return Result(
+        change.id,
+        change.lease_token,
+        State.FAILED,
+        attempts=attempts,
+        http_status=verdict.http_status,
+        error_type=verdict.error_type,
+        error_message=message,
+        error_field=verdict.error_field,
+    )
+
+
+def shared_pause(retry_after: float | None, cap: float) -> float | None:
+    """Pure: how long a 429's Retry-After pauses every worker (None: the default pause).
+
+    A value above ``cap`` is the server's word that this change should wait, not that all
+    sending should stop: the change is parked for it, everyone else goes on.
+    """
+    if retry_after is None or retry_after > cap:
+        return None
+    return retry_after

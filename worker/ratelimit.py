@@ -115,6 +115,28 @@ class RateLimiter:
         self._next = max(self._next, self._paused_until)
 
 
+class Limiter(Protocol):
+    """What the sender needs of a limiter: :class:`RateLimiter` or :class:`SharedRateLimiter`."""
+
+    budget: float
+    throttled: int
+
+    @property
+    def rate(self) -> float: ...
+
+    async def acquire(self) -> float:
+        """Wait for a send slot; return the seconds waited."""
+        ...
+
+    async def settle(self) -> None:
+        """Wait for background work (at the end of a run)."""
+        ...
+
+    def on_throttled(self, retry_after: float | None) -> None:
+        """A 429 arrived; ``retry_after`` is the pause every sender takes (None: default)."""
+        ...
+
+
 class SlotSource(Protocol):
     """Where a shared limiter gets its send slots (the database, in production)."""
 

@@ -1,8 +1,9 @@
-"""Sending one planned step: under the breaker and the rate limit, classified, settled.
+"""Sending one planned step: under the breaker, the rate limit and a confirmed lease.
 
 A step is one request (a merged PUT, or one status change) plus, where the answer leaves it
-ambiguous, a ``GET /workspaces/{id}`` read-back. What it decides goes to the write buffer through
-``finish`` (final results) or straight into it (retries), and every request is logged once.
+ambiguous, a ``GET /workspaces/{id}`` read-back. What it decides (the pure functions of
+:mod:`worker.outcomes`) goes to the run's :class:`~worker.ledger.Ledger`, and every request is
+logged once.
 """
 
 from __future__ import annotations
@@ -12,11 +13,11 @@ import random
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from contextvars import ContextVar
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 from .breaker import CircuitBreaker
-from .changes import AttemptRecord, Kind, Outcome, Result, RunStats, State
+from .changes import AttemptRecord, Kind, Outcome, Result, State
 from .client import (
     GET_WORKSPACE,
     POST_STATUS_CHANGE,
@@ -27,61 +28,62 @@ from .client import (
 )
 from .config import Settings
 from .exceptions import LeaseLost, StepAbandoned, TokenRejected, TransportError
-from .leases import LeaseBook
+from .intake import one_line
+from .ledger import Ledger
 from .metrics import Metrics
-from .outcomes import ApiResponse, Classified, Verdict, backoff_delay, classify
+from .outcomes import (
+    ApiResponse,
+    Classified,
+    Verdict,
+    backoff_delay,
+    classify,
+    failure_result,
+    shared_pause,
+    success_results,
+)
 from .planner import PutStep, StatusStep, Step
-from .ratelimit import RateLimiter, SharedRateLimiter
-from .writeback import WriteBuffer
+from .ratelimit import Limiter
 
 request_started: ContextVar[bool] = ContextVar("request_started", default=False)
 """Whether the step the current task runs has put a request on the wire."""
 
 
 class StepRunner:
-    """Runs steps for one dispatcher; ``leases`` is its lease book, ``confirm`` re-validates."""
+    """Runs the steps of one run, recording into its ``ledger``.
+
+    ``confirm`` re-validates leases right before a request leaves (see :mod:`worker.leases`);
+    ``halted`` says the run is stopping.
+    """
 
     def __init__(
         self,
         *,
         client: KantataClient,
         settings: Settings,
-        limiter: RateLimiter | SharedRateLimiter,
+        limiter: Limiter,
         breaker: CircuitBreaker,
         metrics: Metrics,
-        buffer: WriteBuffer,
-        rng: random.Random,
-        clock: Callable[[], datetime],
-        log: Any,
-        finish: Callable[[Result, str], None],
-        leases: LeaseBook,
+        ledger: Ledger,
         confirm: Callable[[Iterable[int]], Awaitable[bool]],
         halted: Callable[[], bool],
+        rng: random.Random,
+        clock: Callable[[], datetime],
     ) -> None:
         self.client = client
         self.settings = settings
         self.limiter = limiter
         self.breaker = breaker
         self.metrics = metrics
-        self.buffer = buffer
-        self.rng = rng
-        self.clock = clock
-        self.log = log
-        self._finish = finish
-        self.leases = leases
+        self.ledger = ledger
+        self.log = ledger.log
         self.confirm = confirm
         self.halted = halted
+        self.rng = rng
+        self.clock = clock
         self.sending: set[asyncio.Task[Any]] = set()
         """The tasks whose request is on the wire (the rest may be cancelled at shutdown)."""
-        self.stats = RunStats()
-        self.run_id = ""
-        self.verbose = True
-        """Whether ``http.attempt`` lines are logged (info level): skipped cheaply if not."""
         self.limited = limiter.budget > 0
         """Whether there is a limiter to wait for (``rate_limit`` 0 turns it off)."""
-
-    def finish(self, result: Result, *, kind: str) -> None:
-        self._finish(result, kind)
 
     async def run(self, step: Step) -> bool:
         """Send one step and record its results; False when the workspace must wait."""
@@ -132,7 +134,7 @@ class StepRunner:
         if before_send:
             return None
         assert after is not None
-        self.finish(
+        self.ledger.finish(
             Result(
                 step.change.id,
                 step.change.lease_token,
@@ -162,7 +164,7 @@ class StepRunner:
         # The last moment before the request leaves: is the lease still surely ours? A worker
         # that was frozen (or waited out a database outage) wakes past its deadline here.
         if not await self.confirm(step.change_ids):
-            lost = [cid for cid in step.change_ids if cid not in self.leases]
+            lost = [cid for cid in step.change_ids if not self.ledger.holds(cid)]
             raise LeaseLost(
                 f"{endpoint} not sent: the lease of change(s) "
                 f"{', '.join(map(str, lost or step.change_ids))} could not be confirmed"
@@ -183,7 +185,6 @@ class StepRunner:
             if task is not None:
                 self.sending.discard(task)
         duration_ms = (time.perf_counter() - started) * 1000
-        self.stats.requests += 1
         status = answer.status if isinstance(answer, ApiResponse) else None
         error = None if isinstance(answer, ApiResponse) else str(answer)
         error_type = answer.kind if isinstance(answer, TransportError) else None
@@ -195,16 +196,16 @@ class StepRunner:
             unhealthy=isinstance(answer, TransportError) or (status is not None and status >= 500)
         )
         if status == 429:
-            self.stats.rate_limited += 1
+            self.ledger.stats.rate_limited += 1
             self.metrics.throttled.inc()
             assert isinstance(answer, ApiResponse)
             self.limiter.on_throttled(
                 shared_pause(answer.retry_after, self.settings.max_retry_after)
             )
         self.metrics.request(endpoint, str(status) if status else "none", duration_ms / 1000)
-        self.buffer.attempt(
+        self.ledger.attempt(
             AttemptRecord(
-                self.run_id,
+                self.ledger.run_id,
                 step.change_ids,
                 step.workspace_id,
                 endpoint,
@@ -216,7 +217,7 @@ class StepRunner:
                 attempted_at,
             )
         )
-        if self.verbose:
+        if self.ledger.verbose:
             self.log.info(
                 "http.attempt",
                 endpoint=endpoint,
@@ -232,85 +233,51 @@ class StepRunner:
 
     def _succeeded(self, step: Step, outcome: Outcome, answer: ApiResponse) -> None:
         snapshot = workspace_snapshot(answer.body, step.workspace_id)
-        carrier = step.changes[-1].id
-        for change in step.changes:
-            merged = change.id != carrier
-            self.finish(
-                Result(
-                    change.id,
-                    change.lease_token,
-                    State.SUCCEEDED,
-                    outcome=Outcome.MERGED if merged else outcome,
-                    attempts=change.attempts + 1,
-                    http_status=answer.status,
-                    result=snapshot,
-                    merged_into_id=carrier if merged else None,
-                ),
-                kind=change.kind,
-            )
+        for change, result in zip(
+            step.changes,
+            success_results(step.changes, outcome, answer.status, snapshot),
+            strict=True,
+        ):
+            self.ledger.finish(result, kind=change.kind)
 
     def _settle_failure(self, step: Step, verdict: Classified) -> bool:
-        """Record a failed attempt: retry later, fail for good, or stop the run (401)."""
+        """Record a failed attempt: retry later, fail for good, or stop the run (401).
+
+        True when the workspace may go on with its next step (nothing of it waits to retry).
+        """
         if verdict.verdict is Verdict.TOKEN_REJECTED:
             raise TokenRejected(verdict.error_message or "token rejected")
-        retryable = verdict.verdict is Verdict.RETRY
         for change in step.changes:
-            attempts = change.attempts + 1
-            if retryable and attempts < self.settings.max_attempts:
-                delay = backoff_delay(
-                    attempts,
-                    base=self.settings.retry_base_delay,
-                    cap=self.settings.retry_max_delay,
-                    jitter=self.rng.random(),
-                    retry_after=verdict.retry_after,
-                )
-                self.stats.retried += 1
-                self.metrics.retries.inc()
-                self.leases.forget(change.id)
-                self.buffer.result(
-                    Result(
-                        change.id,
-                        change.lease_token,
-                        State.PENDING,
-                        attempts=attempts,
-                        http_status=verdict.http_status,
-                        error_type=verdict.error_type,
-                        error_message=verdict.error_message,
-                        error_field=verdict.error_field,
-                        next_attempt_at=self.clock() + timedelta(seconds=delay),
-                    )
-                )
-                continue
-            message = verdict.error_message
-            if retryable:
-                message = f"gave up after {attempts} attempts: {message}"
-            self.finish(
-                Result(
-                    change.id,
-                    change.lease_token,
-                    State.FAILED,
-                    attempts=attempts,
-                    http_status=verdict.http_status,
-                    error_type=verdict.error_type,
-                    error_message=message,
-                    error_field=verdict.error_field,
-                ),
-                kind=change.kind,
+            delay = backoff_delay(
+                change.attempts + 1,
+                base=self.settings.retry_base_delay,
+                cap=self.settings.retry_max_delay,
+                jitter=self.rng.random(),
+                retry_after=verdict.retry_after,
             )
-        return not retryable
+            result = failure_result(
+                change,
+                verdict,
+                max_attempts=self.settings.max_attempts,
+                delay=delay,
+                now=self.clock(),
+            )
+            if result.state is State.PENDING:
+                self.ledger.retry(result)
+            else:
+                self.ledger.finish(result, kind=change.kind)
+        return verdict.verdict is not Verdict.RETRY
 
     def interrupted(self, step: Step) -> None:
         """Shutdown cut this step off. A request that left may have landed: retry it later
         (a status change is read back first). One that never left goes back uncharged."""
-        sent = request_started.get()
+        if not request_started.get():
+            self.ledger.release(step.change_ids)
+            return
         for change in step.changes:
-            lease = self.leases.forget(change.id)
-            if lease is None:
+            if self.ledger.book.forget(change.id) is None:
                 continue
-            if not sent:
-                self.buffer.release(lease)
-                continue
-            self.buffer.result(
+            self.ledger.buffer.result(
                 Result(
                     change.id,
                     change.lease_token,
@@ -324,7 +291,7 @@ class StepRunner:
     def quarantine(self, step: Step, exc: Exception) -> None:
         """Something unexpected broke while handling this step: its changes fail (internal),
         once logged, and the run goes on."""
-        reason = f"{type(exc).__name__}: {' '.join(str(exc).split())[:300] or '(no message)'}"
+        reason = one_line(exc)
         self.log.error(
             "change.internal_error",
             change_ids=list(step.change_ids),
@@ -333,10 +300,10 @@ class StepRunner:
             exc_info=exc,
         )
         for change in step.changes:
-            if change.id not in self.leases:
+            if not self.ledger.holds(change.id):
                 continue
             self.metrics.internal_errors.inc()
-            self.finish(
+            self.ledger.finish(
                 Result(
                     change.id,
                     change.lease_token,
@@ -347,14 +314,3 @@ class StepRunner:
                 ),
                 kind=change.kind,
             )
-
-
-def shared_pause(retry_after: float | None, cap: float) -> float | None:
-    """Pure: how long a 429's Retry-After pauses every worker (None: the default pause).
-
-    A value above ``cap`` is the server's word that this change should wait, not that all
-    sending should stop: the change is parked for it, everyone else goes on.
-    """
-    if retry_after is None or retry_after > cap:
-        return None
-    return retry_after

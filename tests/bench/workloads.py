@@ -110,7 +110,7 @@ def bare_loop(
     """
     # The worker's own event loop (uvloop where installed), so that the two compare like
     # with like.
-    from worker.cli import new_event_loop
+    from worker.clitools import new_event_loop
 
     with asyncio.Runner(loop_factory=new_event_loop) as runner:
         return runner.run(_bare(url, rows, concurrency, min_seconds))

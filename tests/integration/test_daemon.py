@@ -19,10 +19,13 @@ import sqlalchemy as sa
 from prometheus_client.parser import text_string_to_metric_families
 
 from worker.changes import State
-from worker.cli import make_limiter
+from worker.client import KantataClient
 from worker.coordination import Coordinator
 from worker.daemon import Daemon, ServeOptions
+from worker.dispatcher import Dispatcher
+from worker.metrics import Metrics
 from worker.models import sync_runs
+from worker.runtime import make_limiter
 from worker.sandbox import SandboxConfig
 from worker.sandbox.config import FaultConfig
 from worker.sandbox.state import DROPPED
@@ -62,28 +65,45 @@ async def running(daemon: Daemon) -> AsyncIterator[asyncio.Task[Any]]:
         await asyncio.wait_for(task, 30)
 
 
-def make_daemon(
-    store: Store,
-    sandbox: SandboxHandle,
-    *,
-    notifier: Notifier | None = None,
-    wake: asyncio.Event | None = None,
-    **options: Any,
-) -> Daemon:
-    """A daemon wired as ``serve`` wires it: registry, shared budget, one metrics object."""
-    settings = fast_settings(sandbox, **{"rate_limit": 0, **options.pop("settings", {})})
-    values: dict[str, Any] = {"poll_interval": 0.05, "http_port": 0}
-    values.update(options)
-    coordinator = Coordinator(store.engine)
-    return Daemon(
-        settings,
-        store,
-        ServeOptions(**values),
-        notifier=notifier,
-        limiter=make_limiter(settings, coordinator),
-        coordinator=coordinator,
-        wake=wake,
-    )
+DaemonFactory = Callable[..., Awaitable[Daemon]]
+
+
+@pytest.fixture
+async def make_daemon() -> AsyncIterator[DaemonFactory]:
+    """``await make_daemon(store, sandbox, **options)``: a daemon wired as ``serve`` wires it
+    (registry, shared budget, one metrics object); its client is closed after the test."""
+    async with contextlib.AsyncExitStack() as stack:
+
+        async def factory(
+            store: Store,
+            sandbox: SandboxHandle,
+            *,
+            notifier: Notifier | None = None,
+            wake: asyncio.Event | None = None,
+            clock: Callable[[], float] | None = None,
+            **options: Any,
+        ) -> Daemon:
+            settings = fast_settings(sandbox, **{"rate_limit": 0, **options.pop("settings", {})})
+            values: dict[str, Any] = {"poll_interval": 0.05, "http_port": 0}
+            values.update(options)
+            coordinator = Coordinator(store.engine)
+            client = await stack.enter_async_context(
+                KantataClient(
+                    settings.api_base_url, settings.api_token(), timeout=settings.request_timeout
+                )
+            )
+            dispatcher = Dispatcher(
+                store,
+                client,
+                settings,
+                limiter=make_limiter(settings, coordinator),
+                coordinator=coordinator,
+                metrics=Metrics(),
+            )
+            extra: dict[str, Any] = {"clock": clock} if clock is not None else {}
+            return Daemon(dispatcher, ServeOptions(**values), notifier=notifier, wake=wake, **extra)
+
+        yield factory
 
 
 async def get(url: str) -> tuple[int, str]:
@@ -122,7 +142,7 @@ def metric(text: str, name: str, **labels: str) -> float:
 
 
 async def test_serve_syncs_and_its_metrics_equal_what_the_sandbox_saw(
-    store: Store, sandbox_factory: SandboxFactory
+    store: Store, sandbox_factory: SandboxFactory, make_daemon: DaemonFactory
 ) -> None:
     faults = FaultConfig(error_rate=0.15, drop_rate=0.05, burst_429_rate=0.02, seed=5)
     config = SandboxConfig(inspect=True, rate_limit=150, faults=faults, forbidden=frozenset({9}))
@@ -133,7 +153,7 @@ async def test_serve_syncs_and_its_metrics_equal_what_the_sandbox_saw(
             for change in (update(w, title=f"t{w}"), status(w, 310), update(w, budgeted=True))
         ]
         ids = await store.enqueue(changes)
-        daemon = make_daemon(store, sandbox, settings={"max_attempts": 20})
+        daemon = await make_daemon(store, sandbox, settings={"max_attempts": 20})
         scraped_busy: list[str] = []
         async with running(daemon):
             assert daemon.url is not None
@@ -193,9 +213,9 @@ async def _activity(daemon: Daemon, activity: str) -> bool:
 
 
 async def test_a_busy_period_is_one_run_and_idle_polls_add_none(
-    sqlite_store: Store, sandbox: SandboxHandle
+    sqlite_store: Store, sandbox: SandboxHandle, make_daemon: DaemonFactory
 ) -> None:
-    daemon = make_daemon(sqlite_store, sandbox)
+    daemon = await make_daemon(sqlite_store, sandbox)
     async with running(daemon):
         await sqlite_store.enqueue([update(w, title="a") for w in range(1, 11)])
         daemon.wake.set()
@@ -216,10 +236,12 @@ async def _all_done(store: Store) -> bool:
 
 
 async def test_a_long_busy_period_is_cut_into_runs_of_max_run_seconds(
-    sqlite_store: Store, sandbox: SandboxHandle
+    sqlite_store: Store, sandbox: SandboxHandle, make_daemon: DaemonFactory
 ) -> None:
     await sqlite_store.enqueue([update(w, title="x") for w in range(1, 41)])
-    daemon = make_daemon(sqlite_store, sandbox, max_run_seconds=0.3, settings={"rate_limit": 40})
+    daemon = await make_daemon(
+        sqlite_store, sandbox, max_run_seconds=0.3, settings={"rate_limit": 40}
+    )
     async with running(daemon):
         await eventually(lambda: _all_done(sqlite_store))
     async with sqlite_store.engine.connect() as conn:
@@ -238,9 +260,9 @@ async def test_a_long_busy_period_is_cut_into_runs_of_max_run_seconds(
 
 
 async def test_wake_starts_a_run_without_waiting_for_the_poll(
-    sqlite_store: Store, sandbox: SandboxHandle
+    sqlite_store: Store, sandbox: SandboxHandle, make_daemon: DaemonFactory
 ) -> None:
-    daemon = make_daemon(sqlite_store, sandbox, poll_interval=120.0)
+    daemon = await make_daemon(sqlite_store, sandbox, poll_interval=120.0)
     async with running(daemon):
         await asyncio.sleep(0.2)  # the first poll has come and gone
         await sqlite_store.enqueue([status(3, 310)])
@@ -249,10 +271,10 @@ async def test_wake_starts_a_run_without_waiting_for_the_poll(
 
 
 async def test_an_idle_daemon_stays_live_in_the_worker_registry_and_leaves_it_on_stop(
-    store: Store, sandbox: SandboxHandle
+    store: Store, sandbox: SandboxHandle, make_daemon: DaemonFactory
 ) -> None:
     # lease_seconds 0.6: heartbeats every 0.2 s, and a worker is dead after 1.2 s without one.
-    daemon = make_daemon(store, sandbox, poll_interval=60.0, settings={"lease_seconds": 0.6})
+    daemon = await make_daemon(store, sandbox, poll_interval=60.0, settings={"lease_seconds": 0.6})
     coordinator = Coordinator(store.engine)
     async with running(daemon):
         await asyncio.sleep(2.0)  # idle, well past the point a silent worker counts as dead
@@ -265,7 +287,7 @@ async def test_an_idle_daemon_stays_live_in_the_worker_registry_and_leaves_it_on
 
 @pytest.mark.postgres
 async def test_on_postgresql_an_insert_wakes_an_idle_daemon_through_notify(
-    pg_database_url: str, sandbox: SandboxHandle
+    pg_database_url: str, sandbox: SandboxHandle, make_daemon: DaemonFactory
 ) -> None:
     from worker import db as dbmod
 
@@ -275,7 +297,7 @@ async def test_on_postgresql_an_insert_wakes_an_idle_daemon_through_notify(
     try:
         async with Coordinator(engine).notifications() as wake:
             assert wake is not None
-            daemon = make_daemon(store, sandbox, poll_interval=120.0, wake=wake)
+            daemon = await make_daemon(store, sandbox, poll_interval=120.0, wake=wake)
             async with running(daemon):
                 await asyncio.sleep(0.3)  # the first poll has come and gone
                 await insert_raw(store, 4, "status_change", '{"to_status_key": 310}')
@@ -286,9 +308,9 @@ async def test_on_postgresql_an_insert_wakes_an_idle_daemon_through_notify(
 
 
 async def test_a_stop_that_comes_while_polling_ends_serve_at_once_and_starts_nothing(
-    sqlite_store: Store, sandbox: SandboxHandle
+    sqlite_store: Store, sandbox: SandboxHandle, make_daemon: DaemonFactory
 ) -> None:
-    daemon = make_daemon(sqlite_store, sandbox, poll_interval=120.0)
+    daemon = await make_daemon(sqlite_store, sandbox, poll_interval=120.0)
     task = asyncio.create_task(daemon.run())
     await asyncio.wait_for(daemon.ready.wait(), 30)
     blocker = sqlite3.connect(
@@ -322,11 +344,11 @@ async def test_a_stop_that_comes_while_polling_ends_serve_at_once_and_starts_not
 
 
 async def test_a_rejected_token_makes_serve_unready_and_quiet_until_retried(
-    sqlite_store: Store, sandbox: SandboxHandle
+    sqlite_store: Store, sandbox: SandboxHandle, make_daemon: DaemonFactory
 ) -> None:
     sandbox.state.revoke(TOKEN)
     await sqlite_store.enqueue([update(w, title="z") for w in range(1, 6)])
-    daemon = make_daemon(sqlite_store, sandbox, token_retry_interval=3600)
+    daemon = await make_daemon(sqlite_store, sandbox, token_retry_interval=3600)
     async with running(daemon):
         url = daemon.url
 
@@ -356,10 +378,10 @@ async def _ready(url: str | None) -> bool:
 
 
 async def test_readyz_follows_the_sqlite_file_and_healthz_stays_up(
-    sqlite_store: Store, sandbox: SandboxHandle
+    sqlite_store: Store, sandbox: SandboxHandle, make_daemon: DaemonFactory
 ) -> None:
     path = str(sqlite_store.engine.url.database)
-    daemon = make_daemon(sqlite_store, sandbox)
+    daemon = await make_daemon(sqlite_store, sandbox)
     async with running(daemon):
         assert (await get(f"{daemon.url}/readyz"))[0] == 200
         os.rename(path, path + ".moved")
@@ -374,7 +396,7 @@ async def test_readyz_follows_the_sqlite_file_and_healthz_stays_up(
 
 @pytest.mark.postgres
 async def test_readyz_turns_unready_when_postgresql_drops_the_database(
-    pg_database_url: str, sandbox: SandboxHandle
+    pg_database_url: str, sandbox: SandboxHandle, make_daemon: DaemonFactory
 ) -> None:
     from worker import db as dbmod
 
@@ -382,7 +404,7 @@ async def test_readyz_turns_unready_when_postgresql_drops_the_database(
     await dbmod.upgrade(engine)
     store = Store(engine)
     try:
-        daemon = make_daemon(store, sandbox)
+        daemon = await make_daemon(store, sandbox)
         async with running(daemon):
             assert (await get(f"{daemon.url}/readyz"))[0] == 200
             name = pg_database_url.rsplit("/", 1)[1]
@@ -421,13 +443,22 @@ class Clock:
 
 
 async def test_a_stalled_loop_withholds_the_watchdog_and_fails_healthz(
-    sqlite_store: Store, sandbox: SandboxHandle, notify_reader: NotifySocket
+    sqlite_store: Store,
+    sandbox: SandboxHandle,
+    notify_reader: NotifySocket,
+    make_daemon: DaemonFactory,
 ) -> None:
     clock = Clock()
-    settings = fast_settings(sandbox, rate_limit=0)
     options = ServeOptions(poll_interval=60.0, http_port=0, watchdog_interval=0.05)
     notifier = Notifier(notify_reader.path)
-    daemon = Daemon(settings, sqlite_store, options, notifier=notifier, clock=clock)
+    daemon = await make_daemon(
+        sqlite_store,
+        sandbox,
+        notifier=notifier,
+        clock=clock,
+        poll_interval=options.poll_interval,
+        watchdog_interval=options.watchdog_interval,
+    )
     async with running(daemon):
         await asyncio.sleep(0.3)
         before = notify_reader.take()

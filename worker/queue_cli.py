@@ -1,0 +1,136 @@
+"""The operator's commands on the outbox: ``status``, ``report``, ``retry`` and ``cancel``."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable
+from datetime import UTC, datetime
+from typing import Any
+
+import click
+
+from . import render
+from .changes import State
+from .clitools import run_async, settings_of
+from .coordination import Coordinator
+from .runtime import open_store
+from .store import Filters
+
+DEAD_AFTER = 30.0
+"""Seconds without a heartbeat after which ``status`` counts a worker as dead."""
+
+
+@click.command()
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table")
+@click.pass_context
+def status(ctx: click.Context, /, fmt: str) -> None:
+    """Counts per state (and per outcome), and the age of the oldest pending change."""
+    settings = settings_of(ctx)
+
+    async def _go() -> dict[str, Any]:
+        async with open_store(settings) as store:
+            counts = await store.counts()
+            breakdown = await store.outcome_counts()
+            oldest = await store.oldest_pending()
+            live, dead = await Coordinator(store.engine).workers(datetime.now(UTC), DEAD_AFTER)
+        age = (datetime.now(UTC) - oldest).total_seconds() if oldest else None
+        return render.status_data(counts, breakdown, age, live, dead)
+
+    data = run_async(_go)
+    if fmt == "json":
+        click.echo(json.dumps(data, indent=2))
+    else:
+        render.print_status(data)
+
+
+def filter_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    options = [
+        click.option(
+            "--state",
+            "states",
+            multiple=True,
+            type=click.Choice([str(s) for s in State]),
+            help="Only changes in this state (repeatable).",
+        ),
+        click.option("--workspace", "workspaces", multiple=True, type=int, help="Workspace ID."),
+        click.option("--id", "ids", multiple=True, type=int, help="Change ID (repeatable)."),
+        click.option("--source-ref", "source_refs", multiple=True, help="Producer's reference."),
+        click.option("--error-type", "error_types", multiple=True, help="e.g. validation."),
+        click.option(
+            "--since",
+            type=click.DateTime(["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%dT%H:%M:%S%z"]),
+            help="Only changes created at or after this time (UTC unless given).",
+        ),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def filters_of(
+    states: Iterable[str],
+    workspaces: Iterable[int],
+    ids: Iterable[int],
+    source_refs: Iterable[str],
+    error_types: Iterable[str],
+    since: datetime | None,
+) -> Filters:
+    if since is not None and since.tzinfo is None:
+        since = since.replace(tzinfo=UTC)
+    return Filters(
+        states=tuple(State(s) for s in states),
+        workspace_ids=tuple(workspaces),
+        ids=tuple(ids),
+        source_refs=tuple(source_refs),
+        error_types=tuple(error_types),
+        since=since,
+    )
+
+
+@click.command()
+@click.option("--format", "fmt", type=click.Choice(["table", "json", "csv"]), default="table")
+@click.option("--limit", type=click.IntRange(min=1), help="At most this many rows.")
+@filter_options
+@click.pass_context
+def report(ctx: click.Context, /, fmt: str, limit: int | None, **filter_args: Any) -> None:
+    """One row per change: what was asked, what happened, and Kantata's error if any."""
+    settings = settings_of(ctx)
+    filters = filters_of(**filter_args)
+
+    async def _go() -> None:
+        async with open_store(settings) as store:
+            await render.write_report(store.report(filters, limit), fmt)
+
+    run_async(_go)
+
+
+def _transition_command(name: str, doc: str) -> click.Command:
+    @click.command(name, help=doc)
+    @click.option("--dry-run", is_flag=True, help="Print what would change; change nothing.")
+    @filter_options
+    @click.pass_context
+    def command(ctx: click.Context, /, dry_run: bool, **filter_args: Any) -> None:
+        settings = settings_of(ctx)
+        filters = filters_of(**filter_args)
+        if not filters.where():
+            raise click.UsageError(f"{name} needs at least one filter (--state, --id, ...)")
+
+        async def _go() -> list[int]:
+            async with open_store(settings) as store:
+                method = store.retry if name == "retry" else store.cancel
+                return await method(filters, datetime.now(UTC), dry_run)
+
+        ids = run_async(_go)
+        verb = (
+            "would " + name if dry_run else name.rstrip("y") + ("ied" if name == "retry" else "led")
+        )
+        click.echo(f"{verb} {len(ids)} change(s)" + (f": {render.id_list(ids)}" if ids else ""))
+
+    return command
+
+
+retry = _transition_command(
+    "retry", "Put failed, invalid or cancelled changes back to pending, attempts reset."
+)
+cancel = _transition_command("cancel", "Cancel pending changes so that they are never sent.")
+COMMANDS = (status, report, retry, cancel)

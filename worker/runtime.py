@@ -1,0 +1,138 @@
+"""The one place that assembles a worker from settings, for ``run`` and ``serve`` alike.
+
+::
+
+    async with open_store(settings) as store: ...          # any command that reads the outbox
+    async with assemble(settings) as worker: ...           # a process that syncs
+
+:func:`assemble` opens the store (its sessions named after the worker, with bounded lock
+waits), the coordinator (registry and shared budget), the limiter, the Kantata client and the
+dispatcher, and closes them in reverse order: the worker leaves the registry, the client's
+connections close, the engine is disposed of.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from . import db as dbmod
+from .client import KantataClient
+from .config import Settings
+from .coordination import Coordinator, shared_limiter
+from .dispatcher import Dispatcher, default_worker_name
+from .exceptions import NotMigratedError
+from .metrics import Metrics
+from .ratelimit import Limiter, RateLimiter
+from .store import Store
+
+
+def named(settings: Settings) -> Settings:
+    """``settings`` with a worker name: the configured one, or a new unique one."""
+    if settings.worker_name:
+        return settings
+    return settings.model_copy(update={"worker_name": default_worker_name()})
+
+
+def make_limiter(settings: Settings, coordinator: Coordinator) -> Limiter:
+    """The shared budget when a rate is set; no limiter at all when it is 0."""
+    if settings.rate_limit <= 0:
+        return RateLimiter(0)
+    return shared_limiter(
+        coordinator,
+        settings.api_token(),
+        settings.rate_limit,
+        max_pause=settings.max_retry_after,
+        db_retry_seconds=settings.db_retry_seconds,
+    )
+
+
+def _require_sqlite_file(url: str) -> None:
+    path = dbmod.sqlite_path(url)
+    if path is not None and not os.path.exists(path):
+        raise NotMigratedError(
+            f"database file {path} does not exist: run `kantata-sync db upgrade` to create it"
+        )
+
+
+@contextlib.asynccontextmanager
+async def open_store(
+    settings: Settings, *, migrated: bool = True, worker: bool = False
+) -> AsyncIterator[Store]:
+    """The store on the configured database, disposed of on exit.
+
+    ``migrated``: the schema must be this version's (else :class:`NotMigratedError`); a
+    SQLite file that does not exist is then not created (only ``db upgrade`` creates it), so
+    a mistyped path or a file deleted under a running worker leaves no empty database behind.
+    ``worker``: the sessions of a process that syncs (named, with bounded lock waits).
+    """
+    if migrated:
+        _require_sqlite_file(settings.database_url)
+    engine = dbmod.create_engine(
+        settings.database_url,
+        application_name=f"kantata-sync/{settings.worker_name}" if worker else None,
+        worker=worker,
+    )
+    try:
+        if migrated:
+            await dbmod.check_schema(engine)
+        else:
+            await dbmod.ping(engine)
+        yield Store(engine)
+    finally:
+        await engine.dispose()
+
+
+@dataclass(frozen=True, slots=True)
+class Worker:
+    """A worker's parts, assembled and open."""
+
+    settings: Settings
+    store: Store
+    coordinator: Coordinator
+    client: KantataClient
+    dispatcher: Dispatcher
+    metrics: Metrics
+
+
+@contextlib.asynccontextmanager
+async def assemble(settings: Settings, *, metrics: Metrics | None = None) -> AsyncIterator[Worker]:
+    """Everything a syncing process needs, from ``settings`` (named by :func:`named`)."""
+    settings = named(settings)
+    token = settings.api_token()  # no token: a configuration error before anything opens
+    metrics = metrics or Metrics()
+    async with open_store(settings, worker=True) as store:
+        coordinator = Coordinator(store.engine)
+        async with KantataClient(
+            settings.api_base_url,
+            token,
+            timeout=settings.request_timeout,
+            max_connections=settings.concurrency * 2,
+            max_body_bytes=settings.max_response_bytes,
+        ) as client:
+            dispatcher = Dispatcher(
+                store,
+                client,
+                settings,
+                limiter=make_limiter(settings, coordinator),
+                coordinator=coordinator,
+                metrics=metrics,
+            )
+            try:
+                yield Worker(settings, store, coordinator, client, dispatcher, metrics)
+            finally:
+                await dispatcher.close()
+
+
+async def refresh_queue_metrics(store: Store, metrics: Metrics) -> dict[str, int]:
+    """Set the queue gauges from the outbox; return the counts per state."""
+    counts = await store.counts()
+    for state, count in counts.items():
+        metrics.queue_depth.labels(state).set(count)
+    oldest = await store.oldest_pending()
+    age = (datetime.now(UTC) - oldest).total_seconds() if oldest is not None else 0.0
+    metrics.oldest_pending.set(max(age, 0.0))
+    return counts
