@@ -145,3 +145,13 @@ class RunStats:
     rate_limited: int = 0
     lost_leases: int = 0
     by_outcome: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class RunReport:
+    """How a run went: its counters and why it ended."""
+
+    run_id: str
+    stats: RunStats
+    ended_because: RunEnding
+    duration: float

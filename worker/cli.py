@@ -19,7 +19,7 @@ import click
 
 from . import __version__, queue_cli
 from . import db as dbmod
-from .changes import NewChange, RunEnding, State
+from .changes import NewChange, RunEnding, RunReport, State
 from .clitools import (
     EXIT_INPUT,
     EXIT_TOKEN,
@@ -29,7 +29,6 @@ from .clitools import (
 )
 from .config import Settings
 from .daemon import Daemon, ServeOptions, ServeSummary
-from .dispatcher import RunReport
 from .exceptions import InputError
 from .health import DEFAULT_HTTP_HOST, DEFAULT_HTTP_PORT
 from .progress import progress_bar

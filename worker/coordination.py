@@ -198,11 +198,17 @@ class Coordinator:
         )
         await conn.execute(insert.values(**values).on_conflict_do_nothing())
 
-    async def budget_state(self, key: str) -> dict[str, float] | None:
-        query = sa.select(r.budget, r.rate, r.throttled).where(r.token_key == key)
-        async with translate_errors("reading the rate budget"), self.engine.connect() as conn:
-            row = (await conn.execute(query)).first()
-        return dict(row._mapping) if row else None
+    async def budgets(self) -> list[dict[str, Any]]:
+        """Every token's shared budget: its configured rate, current rate and 429 count.
+
+        Tokens appear by fingerprint only; ``status`` shows them to the operator.
+        """
+        query = sa.select(r.token_key, r.budget, r.rate, r.throttled, r.paused_until).order_by(
+            r.token_key
+        )
+        async with translate_errors("reading the rate budgets"), self.engine.connect() as conn:
+            rows = (await conn.execute(query)).all()
+        return [dict(row._mapping) for row in rows]
 
     @contextlib.asynccontextmanager
     async def notifications(self) -> AsyncIterator[asyncio.Event | None]:

@@ -28,8 +28,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from .changes import RunEnding, State
-from .dispatcher import Dispatcher, RunReport
+from .changes import RunEnding, RunReport, State
+from .dispatcher import Dispatcher
 from .exceptions import DatabaseError, SyncError
 from .health import (
     DATABASE_TIMEOUT,

@@ -16,7 +16,6 @@ import random
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
@@ -27,7 +26,7 @@ from .changes import (
     Change,
     Lease,
     RunEnding,
-    RunStats,
+    RunReport,
 )
 from .client import (
     KantataClient,
@@ -70,16 +69,6 @@ def utcnow() -> datetime:
 def default_worker_name() -> str:
     """A unique name for a worker that was given none."""
     return f"worker-{uuid.uuid4().hex[:8]}"
-
-
-@dataclass(slots=True)
-class RunReport:
-    """How a run went: its counters and why it ended."""
-
-    run_id: str
-    stats: RunStats
-    ended_because: RunEnding
-    duration: float
 
 
 class Dispatcher:
@@ -220,22 +209,7 @@ class Dispatcher:
         self.metrics.run_duration.set(duration)
         if ended_because in {RunEnding.DRAINED, RunEnding.STOPPED}:
             self.metrics.last_success.set(time.time())
-        summary = self.log.error if self._fatal is not None else self.log.info
-        summary(
-            "run.finished",
-            ended_because=ended_because,
-            error=str(self._fatal) if self._fatal is not None else None,
-            duration_s=round(duration, 3),
-            claimed=self._ledger.stats.claimed,
-            succeeded=self._ledger.stats.succeeded,
-            failed=self._ledger.stats.failed,
-            invalid=self._ledger.stats.invalid,
-            retried=self._ledger.stats.retried,
-            requests=self._ledger.stats.requests,
-            rate_limited=self._ledger.stats.rate_limited,
-            lost_leases=self._ledger.stats.lost_leases,
-            outcomes=self._ledger.stats.by_outcome,
-        )
+        self._ledger.summarise(ended_because, duration, self._fatal)
 
     async def _ride(self, operation: Callable[[], Awaitable[T]]) -> T:
         """Run a database operation, riding out blips for up to ``db_retry_seconds``."""

@@ -107,6 +107,26 @@ class Ledger:
             self.metrics.lost_leases.inc(len(change_ids))
             self.log.warning("lease.lost", count=len(change_ids), change_ids=change_ids[:20])
 
+    def summarise(self, ended_because: str, duration: float, error: Exception | None) -> None:
+        """The run's one canonical summary line (at ``error`` when the run failed)."""
+        line = self.log.error if error is not None else self.log.info
+        stats = self.stats
+        line(
+            "run.finished",
+            ended_because=ended_because,
+            error=str(error) if error is not None else None,
+            duration_s=round(duration, 3),
+            claimed=stats.claimed,
+            succeeded=stats.succeeded,
+            failed=stats.failed,
+            invalid=stats.invalid,
+            retried=stats.retried,
+            requests=stats.requests,
+            rate_limited=stats.rate_limited,
+            lost_leases=stats.lost_leases,
+            outcomes=stats.by_outcome,
+        )
+
     async def release_held(self, store: Store, now: datetime) -> None:
         """At the end of a run: return every change still held, in one transaction."""
         leases = self.book.clear()

@@ -13,8 +13,8 @@ from . import render
 from .changes import State
 from .clitools import run_async, settings_of
 from .coordination import Coordinator
+from .queries import Filters
 from .runtime import open_store
-from .store import Filters
 
 DEAD_AFTER = 30.0
 """Seconds without a heartbeat after which ``status`` counts a worker as dead."""
@@ -32,9 +32,11 @@ def status(ctx: click.Context, /, fmt: str) -> None:
             counts = await store.counts()
             breakdown = await store.outcome_counts()
             oldest = await store.oldest_pending()
-            live, dead = await Coordinator(store.engine).workers(datetime.now(UTC), DEAD_AFTER)
+            coordinator = Coordinator(store.engine)
+            live, dead = await coordinator.workers(datetime.now(UTC), DEAD_AFTER)
+            budgets = await coordinator.budgets()
         age = (datetime.now(UTC) - oldest).total_seconds() if oldest else None
-        return render.status_data(counts, breakdown, age, live, dead)
+        return render.status_data(counts, breakdown, age, live, dead, budgets)
 
     data = run_async(_go)
     if fmt == "json":

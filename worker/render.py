@@ -47,9 +47,19 @@ def status_data(
     oldest_age: float | None,
     live: list[WorkerInfo],
     dead: int,
+    budgets: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """What ``status`` shows, as one JSON-ready object."""
     return {
+        "rate_budgets": [
+            {
+                "token": b["token_key"],
+                "budget_per_s": round(b["budget"], 3),
+                "rate_per_s": round(b["rate"], 3),
+                "rate_limited_total": b["throttled"],
+            }
+            for b in budgets or []
+        ],
         "states": counts,
         "outcomes": [
             {"state": state, "outcome": outcome, "count": count}
@@ -86,6 +96,11 @@ def print_status(data: dict[str, Any]) -> None:
     out.print(f"oldest pending change: {f'{age:.0f} s old' if age is not None else 'none'}")
     workers = ", ".join(f"{w['name']} ({w['command']} on {w['host']})" for w in data["workers"])
     out.print(f"live workers: {workers or 'none'}")
+    for b in data["rate_budgets"]:
+        out.print(
+            f"rate budget {b['token']}: {b['rate_per_s']:g}/s of {b['budget_per_s']:g}/s, "
+            f"{b['rate_limited_total']} answers of 429 so far"
+        )
 
 
 async def write_report(rows: AsyncIterator[dict[str, Any]], fmt: str) -> None:

@@ -64,6 +64,10 @@ def test_enqueue_run_status_report_end_to_end(cli: Cli, sandbox_process: Sandbox
     status = json.loads(cli("status", "--format", "json").stdout)
     assert status["states"]["succeeded"] == 4 and status["states"]["failed"] == 1
     assert status["oldest_pending_age_seconds"] is None
+    # The run used the default shared budget (10/s), shown by fingerprint, never the token.
+    [budget] = status["rate_budgets"]
+    assert budget["token"].startswith("sha256:") and budget["budget_per_s"] == 9.8
+    assert TOKEN not in json.dumps(status)
 
     report = json.loads(cli("report", "--format", "json").stdout)
     assert [r["state"] for r in report] == ["succeeded"] * 3 + ["failed", "succeeded"]

@@ -89,8 +89,9 @@ async def test_a_429_anywhere_slows_every_worker(store: Store) -> None:
     assert throttled.first >= throttled.now + 2.0 - 1e-6
     other = await Coordinator(store.engine).reserve(key, 100.0, 1)
     assert other.first >= throttled.first
-    state = await coordinator.budget_state(key)
-    assert state is not None and state["throttled"] == 1 and state["rate"] < 100
+    [state] = await coordinator.budgets()
+    assert state["token_key"] == key
+    assert state["throttled"] == 1 and state["rate"] < 100 and state["budget"] == 100
 
 
 async def test_shared_limiter_spaces_requests_of_two_workers(store: Store) -> None:

@@ -9,7 +9,14 @@ import sqlalchemy as sa
 
 from worker.changes import Kind, Lease, NewChange, Result, State
 from worker.models import sync_changes
-from worker.store import Filters, Store
+from worker.queries import Filters
+from worker.store import Store
+
+
+async def write_back(store: Store, results: list[Result], now: datetime) -> list[int]:
+    """Results alone, as a flush with nothing else in it writes them."""
+    return await store.write_batch(results, (), (), now)
+
 
 NOW = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
 
@@ -66,7 +73,8 @@ async def test_a_change_waiting_for_retry_blocks_later_changes_of_its_workspace(
 ) -> None:
     ids = await store.enqueue([update(1, "a"), update(1, "b"), update(2, "c")])
     [a, b, _c] = await store.claim("w", limit=10, lease_seconds=60, now=NOW)
-    await store.write_back(
+    await write_back(
+        store,
         [
             Result(
                 a.id,
@@ -91,13 +99,14 @@ async def test_write_back_is_fenced_by_the_lease_token(store: Store) -> None:
     # w1 stalls past its lease; w2 reclaims the change and finishes it.
     [fresh] = await store.claim("w2", limit=1, lease_seconds=10, now=NOW + timedelta(seconds=11))
     assert fresh.id == change_id and fresh.lease_token > stale.lease_token
-    lost = await store.write_back(
+    lost = await write_back(
+        store,
         [Result(change_id, stale.lease_token, State.FAILED, attempts=1, error_message="old")],
         NOW,
     )
     assert lost == [change_id]
-    ok = await store.write_back(
-        [Result(change_id, fresh.lease_token, State.SUCCEEDED, attempts=1)], NOW
+    ok = await write_back(
+        store, [Result(change_id, fresh.lease_token, State.SUCCEEDED, attempts=1)], NOW
     )
     assert ok == []
     stored = (await rows(store))[change_id]
@@ -139,7 +148,8 @@ async def test_counts_outcomes_next_due_and_report(store: Store) -> None:
     ids = await store.enqueue([update(1, "a", "crm-1"), update(2, "b"), status(3, 310)])
     claimed = await store.claim("w", limit=10, lease_seconds=60, now=NOW)
     tokens = {r.id: r.lease_token for r in claimed}
-    await store.write_back(
+    await write_back(
+        store,
         [
             Result(
                 ids[0],
@@ -188,7 +198,8 @@ async def test_counts_outcomes_next_due_and_report(store: Store) -> None:
 async def test_retry_and_cancel_respect_states_and_dry_run(store: Store) -> None:
     ids = await store.enqueue([update(1, "a"), update(2, "b"), update(3, "c")])
     claimed = await store.claim("w", limit=1, lease_seconds=60, now=NOW)
-    await store.write_back(
+    await write_back(
+        store,
         [Result(ids[0], claimed[0].lease_token, State.FAILED, attempts=5, error_type="system")],
         NOW,
     )
@@ -243,7 +254,8 @@ async def test_timestamps_written_in_batches_read_back_exactly(store: Store) -> 
     done, retry = await store.claim("w", limit=10, lease_seconds=60, now=NOW)
     now = NOW + timedelta(microseconds=123456)
     later = NOW + timedelta(seconds=30, microseconds=7)
-    await store.write_back(
+    await write_back(
+        store,
         [
             Result(done.id, done.lease_token, State.SUCCEEDED, attempts=1),
             Result(retry.id, retry.lease_token, State.PENDING, attempts=1, next_attempt_at=later),
