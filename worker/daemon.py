@@ -304,6 +304,8 @@ class Daemon:
 
     async def _poll(self, *, busy: bool) -> bool:
         """Refresh the queue gauges; True when a change is due now (only asked when idle)."""
+        # The probe reads; a failed heartbeat (a write) says the database cannot be written.
+        self.health.write_problem = self.dispatcher.keeper.problem
         problem = await self.probe.problem()
         if problem is not None:
             raise DatabaseError(problem)

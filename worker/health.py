@@ -4,8 +4,9 @@
 - ``/healthz``: 200 while the serve loop has ticked recently, else 503. Liveness only: a
   database outage or a rejected token does not make the process unhealthy (restarting it
   would not help), only unready.
-- ``/readyz``: 200 only if the database answers with the schema this version needs and the
-  last run did not end with the token rejected; otherwise 503 with the reasons in the body.
+- ``/readyz``: 200 only if the database answers with the schema this version needs, the
+  worker's last heartbeat could write to it, and the last run did not end with the token
+  rejected; otherwise 503 with the reasons in the body.
 
 The listener binds to loopback by default; it serves nothing secret, but nothing that needs
 to be public either.
@@ -49,6 +50,8 @@ class HealthState:
     activity: str = "starting"
     token_problem: str | None = None
     database_problem: str | None = None
+    write_problem: str | None = None
+    """Why the last write (the registry heartbeat) failed, if it did."""
     stopping: bool = False
 
     def __post_init__(self) -> None:
@@ -198,6 +201,8 @@ async def readiness_problems(health: HealthState, probe: DatabaseProbe) -> list[
     problem = await probe.problem()
     if problem is not None:
         reasons.append(f"database: {problem}")
+    elif health.write_problem is not None:
+        reasons.append(f"database: {health.write_problem}")
     if health.token_problem is not None:
         reasons.append(f"token: {health.token_problem}")
     return reasons

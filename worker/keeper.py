@@ -55,6 +55,8 @@ class LeaseKeeper:
         self.on_lost = on_lost
         self.monotonic = monotonic
         self.registered = False
+        self.problem: str | None = None
+        """Why the last heartbeat failed (the database cannot be written), or None."""
         self._confirming = asyncio.Lock()
         self.log: Any = get_logger()
 
@@ -71,6 +73,14 @@ class LeaseKeeper:
 
     async def beat(self) -> None:
         """Refresh the registry row, then extend every held lease; drop the lost ones."""
+        try:
+            await self._beat()
+        except DatabaseError as exc:
+            self.problem = f"cannot be written: {exc}"
+            raise
+        self.problem = None
+
+    async def _beat(self) -> None:
         if self.coordinator is not None and self.registered:
             since = self.monotonic()
             await self.coordinator.heartbeat(self.owner, self.clock())

@@ -480,3 +480,40 @@ async def test_a_stalled_loop_withholds_the_watchdog_and_fails_healthz(
     assert any(m.startswith("STOPPING=1\nSTATUS=stopping") for m in final), final
     assert final[-1] == "STATUS=stopped"
     notifier.close()
+
+
+async def test_readyz_turns_unready_while_the_database_cannot_be_written(
+    store: Store, sandbox: SandboxHandle, make_daemon: DaemonFactory
+) -> None:
+    """Reads still work, but the heartbeat's write fails (a trigger stands in for a read-only
+    failover): unready with the reason, and ready again once writes work."""
+    daemon = await make_daemon(store, sandbox, settings={"lease_seconds": 0.6})
+    refuse = (
+        [
+            "CREATE FUNCTION refuse() RETURNS trigger AS $$ BEGIN "
+            "RAISE EXCEPTION 'read-only for the test'; END $$ LANGUAGE plpgsql",
+            "CREATE TRIGGER refuse BEFORE UPDATE ON sync_workers "
+            "FOR EACH ROW EXECUTE FUNCTION refuse()",
+        ]
+        if store.dialect == "postgresql"
+        else [
+            "CREATE TRIGGER refuse BEFORE UPDATE ON sync_workers "
+            "BEGIN SELECT RAISE(ABORT, 'read-only for the test'); END"
+        ]
+    )
+    drop = "DROP TRIGGER refuse" + (" ON sync_workers" if store.dialect == "postgresql" else "")
+    async with running(daemon):
+        assert (await get(f"{daemon.url}/readyz"))[0] == 200
+        async with store.engine.begin() as conn:
+            for statement in refuse:
+                await conn.exec_driver_sql(statement)
+
+        async def unready() -> bool:
+            code, body = await get(f"{daemon.url}/readyz")
+            return code == 503 and "cannot be written" in body and "read-only" in body
+
+        await eventually(unready, within=20)
+        assert (await get(f"{daemon.url}/healthz"))[0] == 200
+        async with store.engine.begin() as conn:
+            await conn.exec_driver_sql(drop)
+        await eventually(lambda: _ready(daemon.url), within=20)
