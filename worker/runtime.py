@@ -98,6 +98,21 @@ class Worker:
     metrics: Metrics
 
 
+def dispatcher_for(
+    settings: Settings, store: Store, client: KantataClient, metrics: Metrics
+) -> Dispatcher:
+    """The dispatcher of a syncing process: the registry and the shared budget on ``store``."""
+    coordinator = Coordinator(store.engine)
+    return Dispatcher(
+        store,
+        client,
+        settings,
+        limiter=make_limiter(settings, coordinator),
+        coordinator=coordinator,
+        metrics=metrics,
+    )
+
+
 @contextlib.asynccontextmanager
 async def assemble(settings: Settings, *, metrics: Metrics | None = None) -> AsyncIterator[Worker]:
     """Everything a syncing process needs, from ``settings`` (named by :func:`named`)."""
@@ -113,14 +128,7 @@ async def assemble(settings: Settings, *, metrics: Metrics | None = None) -> Asy
             max_connections=settings.concurrency * 2,
             max_body_bytes=settings.max_response_bytes,
         ) as client:
-            dispatcher = Dispatcher(
-                store,
-                client,
-                settings,
-                limiter=make_limiter(settings, coordinator),
-                coordinator=coordinator,
-                metrics=metrics,
-            )
+            dispatcher = dispatcher_for(settings, store, client, metrics)
             try:
                 yield Worker(settings, store, coordinator, client, dispatcher, metrics)
             finally:

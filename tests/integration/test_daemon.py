@@ -22,10 +22,9 @@ from worker.changes import State
 from worker.client import KantataClient
 from worker.coordination import Coordinator
 from worker.daemon import Daemon, ServeOptions
-from worker.dispatcher import Dispatcher
 from worker.metrics import Metrics
 from worker.models import sync_runs
-from worker.runtime import make_limiter
+from worker.runtime import dispatcher_for
 from worker.sandbox import SandboxConfig
 from worker.sandbox.config import FaultConfig
 from worker.sandbox.state import DROPPED
@@ -86,20 +85,12 @@ async def make_daemon() -> AsyncIterator[DaemonFactory]:
             settings = fast_settings(sandbox, **{"rate_limit": 0, **options.pop("settings", {})})
             values: dict[str, Any] = {"poll_interval": 0.05, "http_port": 0}
             values.update(options)
-            coordinator = Coordinator(store.engine)
             client = await stack.enter_async_context(
                 KantataClient(
                     settings.api_base_url, settings.api_token(), timeout=settings.request_timeout
                 )
             )
-            dispatcher = Dispatcher(
-                store,
-                client,
-                settings,
-                limiter=make_limiter(settings, coordinator),
-                coordinator=coordinator,
-                metrics=Metrics(),
-            )
+            dispatcher = dispatcher_for(settings, store, client, Metrics())
             extra: dict[str, Any] = {"clock": clock} if clock is not None else {}
             return Daemon(dispatcher, ServeOptions(**values), notifier=notifier, wake=wake, **extra)
 
