@@ -7,7 +7,8 @@ one row of ``sync_rate_limits``, keyed by a fingerprint of the token (never the 
 reserve blocks of send slots from one global schedule, spaced ``1 / rate`` apart in the
 database's clock, so the sum over all workers stays within the budget in every window. A 429
 seen by any worker halves the shared rate and pauses the schedule for everyone. On PostgreSQL
-a trigger NOTIFYs ``kantata_sync_changes`` on every insert, so idle workers wake at once.
+a trigger NOTIFYs ``kantata_sync_changes`` on every insert, and on SQLite an idle daemon watches
+the file's ``data_version``, so idle workers wake within milliseconds.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from .db import ride_out, transaction, translate_errors
+from .db import ride_out, sqlite_path, transaction, translate_errors
 from .models import sync_rate_limits, sync_workers
 from .ratelimit import (
     HEADROOM,
@@ -37,6 +38,8 @@ from .ratelimit import (
 )
 
 NOTIFY_CHANNEL = "kantata_sync_changes"
+DATA_VERSION_POLL = 0.05
+"""Seconds between looks at SQLite's ``data_version`` while a daemon idles."""
 r = sync_rate_limits.c
 
 
@@ -212,7 +215,17 @@ class Coordinator:
 
     @contextlib.asynccontextmanager
     async def notifications(self) -> AsyncIterator[asyncio.Event | None]:
-        """An event set whenever changes are inserted (PostgreSQL); None where unsupported."""
+        """An event set soon after changes are inserted; None where that cannot be known.
+
+        PostgreSQL: a trigger NOTIFYs on every insert. SQLite: ``PRAGMA data_version`` on a
+        connection of its own, read every :data:`DATA_VERSION_POLL` seconds, moves whenever
+        another connection commits (a producer's insert, or this worker's own writes); reading
+        it touches no lock and costs microseconds.
+        """
+        if self.dialect == "sqlite" and sqlite_path(self.engine.url) is not None:
+            async with self._data_version_watch() as event:
+                yield event
+            return
         if self.dialect != "postgresql":
             yield None
             return
@@ -230,6 +243,39 @@ class Coordinator:
             finally:
                 with contextlib.suppress(Exception):
                     await driver.remove_listener(NOTIFY_CHANNEL, _on_notify)
+
+    @contextlib.asynccontextmanager
+    async def _data_version_watch(self) -> AsyncIterator[asyncio.Event]:
+        event = asyncio.Event()
+        async with translate_errors("watching for new changes"), self.engine.connect() as conn:
+            raw = await conn.get_raw_connection()
+            driver: Any = raw.driver_connection  # autocommit: the pragma opens no transaction
+
+            async def version() -> object:
+                cursor = await driver.execute("PRAGMA data_version")
+                row = await cursor.fetchone()
+                await cursor.close()
+                return row[0] if row else None
+
+            async def watch() -> None:
+                seen = await version()
+                while True:
+                    await asyncio.sleep(DATA_VERSION_POLL)
+                    try:
+                        current = await version()
+                    except Exception:
+                        current = seen  # unreadable now: the daemon's polls report the database
+                    if current != seen:
+                        seen = current
+                        event.set()
+
+            task = asyncio.create_task(watch())
+            try:
+                yield event
+            finally:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
 
 
 def shared_limiter(
