@@ -12,20 +12,9 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 
-from harness import (
-    BenchError,
-    Context,
-    Finding,
-    Outcome,
-    Row,
-    Table,
-    database,
-    log,
-    median,
-    run_worker,
-    sandbox,
-    worker_env,
-)
+from databases import Row, database
+from processes import run_worker, sandbox, worker_env
+from reporting import BenchError, Context, Finding, Outcome, Table, log, median
 
 UPDATES = 10
 TARGET = 0.1

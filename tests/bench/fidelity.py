@@ -14,24 +14,9 @@ import itertools
 import time
 from dataclasses import dataclass
 
-from harness import (
-    BenchError,
-    Context,
-    Database,
-    Finding,
-    Outcome,
-    Sandbox,
-    Table,
-    WorkerProcess,
-    check_exit,
-    database,
-    fmt_pct,
-    log,
-    median,
-    run_worker,
-    sandbox,
-    worker_env,
-)
+from databases import Database, database
+from processes import Sandbox, WorkerProcess, check_exit, run_worker, sandbox, worker_env
+from reporting import BenchError, Context, Finding, Outcome, Table, fmt_pct, log, median
 from workloads import cycle_rows
 
 BUDGET = 200

@@ -9,24 +9,9 @@ of a run with nothing to do.
 
 from __future__ import annotations
 
-from harness import (
-    BenchError,
-    Context,
-    Finding,
-    Outcome,
-    Row,
-    Sandbox,
-    Table,
-    database,
-    fmt_pct,
-    fmt_rate,
-    log,
-    median,
-    run_worker,
-    sandbox,
-    startup_cpu,
-    worker_env,
-)
+from databases import Row, database
+from processes import Sandbox, run_worker, sandbox, startup_cpu, worker_env
+from reporting import BenchError, Context, Finding, Outcome, Table, fmt_pct, fmt_rate, log, median
 from workloads import bare_loop, cycle_rows
 
 TARGET = 0.50

@@ -14,21 +14,9 @@ import itertools
 import time
 from datetime import UTC, datetime
 
-from harness import (
-    BenchError,
-    Context,
-    Finding,
-    Outcome,
-    Table,
-    WorkerProcess,
-    check_exit,
-    database,
-    log,
-    median,
-    run_worker,
-    sandbox,
-    worker_env,
-)
+from databases import database
+from processes import WorkerProcess, check_exit, run_worker, sandbox, worker_env
+from reporting import BenchError, Context, Finding, Outcome, Table, log, median
 from workloads import cycle_rows
 
 WORKSPACES = 10_000

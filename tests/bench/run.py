@@ -20,18 +20,9 @@ import fidelity
 import overhead
 import queue_size
 import scaleout
-from harness import (
-    ROOT,
-    BenchError,
-    Context,
-    Finding,
-    Outcome,
-    Table,
-    log,
-    machine,
-    postgres_available,
-    scratch_dir,
-)
+from databases import postgres_available, scratch_dir
+from processes import ROOT
+from reporting import BenchError, Context, Finding, Outcome, Table, log, machine
 
 MEASUREMENTS: dict[str, Callable[[Context], Outcome]] = {
     "overhead": overhead.measure,

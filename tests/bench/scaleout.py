@@ -9,22 +9,18 @@ from __future__ import annotations
 
 import time
 
-from harness import (
+from databases import PostgresDatabase, database
+from processes import run_workers, sandbox, startup_cpu, worker_env
+from reporting import (
     BenchError,
     Context,
     Finding,
     MachineCpu,
     Outcome,
-    PostgresDatabase,
     Table,
-    database,
     fmt_rate,
     log,
     median,
-    run_workers,
-    sandbox,
-    startup_cpu,
-    worker_env,
 )
 from workloads import cycle_rows
 

@@ -16,7 +16,8 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import aiohttp
-from harness import TOKEN, Row
+from databases import Row
+from processes import TOKEN
 
 INITIAL_STATUS = 100
 ACTIVE_STATUS = 310
