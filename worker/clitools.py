@@ -40,12 +40,16 @@ def settings_of(ctx: click.Context, /, **overrides: Any) -> Settings:
 
     The only place that reads the environment; everything below receives the settings.
     """
+    notes: list[str] = []
     try:
-        settings = load_settings(ctx.obj["config"], os.environ, overrides)
+        settings = load_settings(ctx.obj["config"], os.environ, overrides, warn=notes.append)
     except ConfigError as exc:
         fail(EXIT_CONFIG, f"configuration error: {exc}")
     secrets = [settings.token.get_secret_value()] if settings.token else []
     logmod.configure(settings.log_level, settings.log_format, secrets)
+    log = logmod.get_logger()
+    for note in notes:  # a log line like any other, so that JSON logs stay JSON
+        log.warning("config.warning", message=note)
     return settings
 
 

@@ -6,6 +6,7 @@ the resulting :class:`Settings` and never looks at the environment itself.
 
 from __future__ import annotations
 
+import difflib
 import ipaddress
 import os
 import sys
@@ -174,6 +175,8 @@ def load_settings(
         if env_name in environ and (environ[env_name] or name not in {"token", "token_file"}):
             raw[name] = environ[env_name]
             sources[name] = env_name
+    for message in unknown_variables(environ):
+        warn(message)
     for key, value in (overrides or {}).items():
         if value is not None:
             raw[key] = value
@@ -200,7 +203,37 @@ def _read_toml(path: Path) -> dict[str, Any]:
     section = data.get("kantata_sync", data)
     if not isinstance(section, dict):
         raise ConfigError(f"config file {path}: [kantata_sync] must be a table")
+    if "kantata_sync" in data and len(data) > 1:
+        stray = sorted(key for key in data if key != "kantata_sync")
+        raise ConfigError(
+            f"config file {path}: {', '.join(stray)}: outside the [kantata_sync] table, where "
+            "nothing is read; put every setting inside the table, or use no table at all"
+        )
     return section
+
+
+NOT_SETTINGS = frozenset({"CONFIG"})
+"""``KANTATA_SYNC_*`` variables that are not settings but are read all the same."""
+
+
+def unknown_variables(environ: Mapping[str, str]) -> list[str]:
+    """Pure: a warning for each ``KANTATA_SYNC_*`` variable that names no setting.
+
+    A misspelt variable would otherwise be ignored without a word; the closest setting's
+    variable is suggested.
+    """
+    known = {name.upper() for name in Settings.model_fields} | NOT_SETTINGS
+    messages = []
+    for variable in sorted(environ):
+        if not variable.startswith(ENV_PREFIX):
+            continue
+        name = variable.removeprefix(ENV_PREFIX)
+        if name in known:
+            continue
+        close = difflib.get_close_matches(name, sorted(known), n=1, cutoff=0.75)
+        hint = f"; did you mean {ENV_PREFIX}{close[0]}?" if close else ""
+        messages.append(f"{variable} is not a kantata-sync setting and is ignored{hint}")
+    return messages
 
 
 def _read_token(

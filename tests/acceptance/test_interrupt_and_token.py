@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 import threading
@@ -149,11 +150,34 @@ def test_config_check_accepts_a_token_from_a_crlf_file_and_warns_on_its_mode(cli
     token_file.chmod(0o644)
     checked = cli("config", "check", env={"KANTATA_SYNC_TOKEN_FILE": str(token_file)})
     assert checked.returncode == 0, checked.stderr
-    assert checked.stderr == (
-        f"kantata-sync: warning: token_file: {token_file} is accessible to group or others "
-        "(mode 0644); chmod 600 it\n"
+    [warning] = [json.loads(line) for line in checked.stderr.splitlines()]
+    assert (warning["event"], warning["level"]) == ("config.warning", "warning")
+    assert warning["message"] == (
+        f"token_file: {token_file} is accessible to group or others (mode 0644); chmod 600 it"
     )
     assert TOKEN not in checked.stdout + checked.stderr
     token_file.chmod(0o600)
     quiet = cli("config", "check", env={"KANTATA_SYNC_TOKEN_FILE": str(token_file)})
     assert quiet.returncode == 0 and quiet.stderr == ""
+
+
+def test_a_misspelt_variable_is_named_with_the_setting_it_probably_means(cli: Cli) -> None:
+    checked = cli(
+        "config", "check", env={"KANTATA_SYNC_RATELIMIT": "5", "KANTATA_SYNC_TOKEN": TOKEN}
+    )
+    assert checked.returncode == 0, checked.stderr
+    [warning] = [json.loads(line) for line in checked.stderr.splitlines()]
+    assert warning["event"] == "config.warning" and warning["level"] == "warning"
+    assert warning["message"] == (
+        "KANTATA_SYNC_RATELIMIT is not a kantata-sync setting and is ignored; "
+        "did you mean KANTATA_SYNC_RATE_LIMIT?"
+    )
+    assert "rate_limit = 10.0" in checked.stdout  # the default still stands
+
+
+def test_settings_outside_the_kantata_sync_table_are_an_error(cli: Cli) -> None:
+    config = cli.cwd / "kantata-sync.toml"
+    config.write_text("rate_limit = 5\n\n[kantata_sync]\nconcurrency = 4\n")
+    checked = cli("--config", str(config), "config", "check")
+    assert checked.returncode == EXIT_CONFIG
+    assert "rate_limit: outside the [kantata_sync] table" in checked.stderr

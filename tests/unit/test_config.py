@@ -538,3 +538,38 @@ def test_settings_are_frozen() -> None:
     settings = Settings()
     with pytest.raises(ValueError, match="frozen"):
         settings.rate_limit = 1.0  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(
+    ("environ", "messages"),
+    [
+        ({}, []),
+        ({"KANTATA_SYNC_RATE_LIMIT": "5", "KANTATA_SYNC_CONFIG": "x.toml", "PATH": "/bin"}, []),
+        (
+            {"KANTATA_SYNC_RATELIMIT": "5"},
+            [
+                "KANTATA_SYNC_RATELIMIT is not a kantata-sync setting and is ignored; "
+                "did you mean KANTATA_SYNC_RATE_LIMIT?"
+            ],
+        ),
+        (
+            {"KANTATA_SYNC_CONCURENCY": "2", "KANTATA_SYNC_FROBNICATE": "1"},
+            [
+                "KANTATA_SYNC_CONCURENCY is not a kantata-sync setting and is ignored; "
+                "did you mean KANTATA_SYNC_CONCURRENCY?",
+                "KANTATA_SYNC_FROBNICATE is not a kantata-sync setting and is ignored",
+            ],
+        ),
+    ],
+)
+def test_unknown_variables_are_named(environ: dict[str, str], messages: list[str]) -> None:
+    from worker.config import unknown_variables
+
+    assert unknown_variables(environ) == messages
+
+
+def test_stray_top_level_keys_beside_the_table_are_an_error(tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text('concurrency = 3\nlog_level = "debug"\n[kantata_sync]\nrate_limit = 4\n')
+    with pytest.raises(ConfigError, match=r"concurrency, log_level: outside the \[kantata_sync\]"):
+        load_settings(path, {})
