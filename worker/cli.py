@@ -298,11 +298,18 @@ def config_group() -> None:
 
 
 @config_group.command("check")
+@click.option(
+    "--show-origin",
+    is_flag=True,
+    help="Say where each value came from: the file, a variable, or the default.",
+)
 @click.pass_context
-def config_check(ctx: click.Context, /) -> None:
+def config_check(ctx: click.Context, /, show_origin: bool) -> None:
     """Validate the configuration and print the effective values, secrets masked."""
-    settings = settings_of(ctx)
+    origins: dict[str, str] = {}
+    settings = settings_of(ctx, origins=origins)
     for key, value in settings.masked().items():
-        click.echo(f"{key} = {json.dumps(value)}")
+        origin = f"  # {origins.get(key, 'default')}" if show_origin else ""
+        click.echo(f"{key} = {json.dumps(value)}{origin}")
     if settings.token is None:
         click.echo("warning: no API token configured (KANTATA_SYNC_TOKEN)", err=True)

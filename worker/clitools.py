@@ -35,14 +35,19 @@ def fail(code: int, message: str) -> NoReturn:
     sys.exit(code)
 
 
-def settings_of(ctx: click.Context, /, **overrides: Any) -> Settings:
+def settings_of(
+    ctx: click.Context, /, origins: dict[str, str] | None = None, **overrides: Any
+) -> Settings:
     """The settings (file, ``KANTATA_SYNC_*``, ``overrides``); logging configured from them.
 
     The only place that reads the environment; everything below receives the settings.
+    ``origins`` is filled with where each value came from.
     """
     notes: list[str] = []
     try:
-        settings = load_settings(ctx.obj["config"], os.environ, overrides, warn=notes.append)
+        settings = load_settings(
+            ctx.obj["config"], os.environ, overrides, warn=notes.append, origins=origins
+        )
     except ConfigError as exc:
         fail(EXIT_CONFIG, f"configuration error: {exc}")
     secrets = [settings.token.get_secret_value()] if settings.token else []

@@ -155,12 +155,14 @@ def load_settings(
     overrides: Mapping[str, Any] | None = None,
     *,
     warn: Callable[[str], None] = _warn_on_stderr,
+    origins: dict[str, str] | None = None,
 ) -> Settings:
     """Merge the TOML file, the environment and explicit overrides, then validate.
 
     Precedence, lowest first: defaults, the file, ``KANTATA_SYNC_<KEY>``, ``overrides``.
     The token is also read from ``token_file`` or systemd's ``$CREDENTIALS_DIRECTORY``;
-    ``warn`` hears about a token file that group or others may read.
+    ``warn`` hears about a token file that group or others may read; ``origins``, when
+    given, is filled with where each value that is not a default came from.
     """
     raw: dict[str, Any] = {}
     sources: dict[str, str] = {}
@@ -186,9 +188,17 @@ def load_settings(
     except ValidationError as exc:
         raise ConfigError(_describe(exc, sources)) from exc
     if settings.token is None:
-        token = _read_token(settings.token_file, environ.get("CREDENTIALS_DIRECTORY"), warn)
+        credentials = environ.get("CREDENTIALS_DIRECTORY")
+        token = _read_token(settings.token_file, credentials, warn)
         if token is not None:
             settings = settings.model_copy(update={"token": SecretStr(token)})
+            sources["token"] = (
+                str(settings.token_file)
+                if settings.token_file is not None
+                else f"{credentials}/{CREDENTIAL_NAME}"
+            )
+    if origins is not None:
+        origins.update(sources)
     return settings
 
 

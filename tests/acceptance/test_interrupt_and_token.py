@@ -181,3 +181,26 @@ def test_settings_outside_the_kantata_sync_table_are_an_error(cli: Cli) -> None:
     checked = cli("--config", str(config), "config", "check")
     assert checked.returncode == EXIT_CONFIG
     assert "rate_limit: outside the [kantata_sync] table" in checked.stderr
+
+
+def test_config_check_shows_where_each_value_came_from(cli: Cli) -> None:
+    config = cli.cwd / "kantata-sync.toml"
+    config.write_text("concurrency = 4\nrate_limit = 2\n")
+    token_file = cli.cwd / "token"
+    token_file.write_text(TOKEN)
+    token_file.chmod(0o600)
+    checked = cli(
+        "--config",
+        str(config),
+        "config",
+        "check",
+        "--show-origin",
+        env={"KANTATA_SYNC_RATE_LIMIT": "3", "KANTATA_SYNC_TOKEN_FILE": str(token_file)},
+    )
+    assert checked.returncode == 0, checked.stderr
+    lines = dict(line.split(" = ", 1) for line in checked.stdout.splitlines())
+    assert lines["concurrency"] == f"4  # {config}"
+    assert lines["rate_limit"] == "3.0  # KANTATA_SYNC_RATE_LIMIT"  # the variable wins
+    assert lines["token"] == f'"********"  # {token_file}'
+    assert lines["max_attempts"] == "5  # default"
+    assert TOKEN not in checked.stdout + checked.stderr
