@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install lint test demo bench clean
+.PHONY: install lint test demo bench clean systemd-check
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +27,10 @@ demo: install
 
 bench: install
 	$(BIN)/python tests/bench/run.py
+
+# The units of deploy/ under a real systemd, in a container (root; see the script).
+systemd-check:
+	bash scripts/systemd-check.sh
 
 clean:
 	rm -rf $(VENV) demo .bench .pytest_cache .mypy_cache .ruff_cache
