@@ -16,6 +16,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from enum import StrEnum
 
+from .logging import get_logger
+
 
 class Phase(StrEnum):
     CLOSED = "closed"
@@ -111,6 +113,15 @@ class CircuitBreaker:
             cooldown=self.cooldown,
             max_cooldown=self.max_cooldown,
         )
-        if self.state.phase is Phase.OPEN and before is not Phase.OPEN:
+        after = self.state.phase
+        if after is Phase.OPEN and before is not Phase.OPEN:
             self.opened += 1
+            get_logger().error(
+                "breaker.opened",
+                failures=self.state.failures,
+                cooldown_s=round(self.state.cooldown, 3),
+                after=str(before),
+            )
+        elif after is Phase.CLOSED and before is not Phase.CLOSED:
+            get_logger().info("breaker.closed")
         self._changed.set()

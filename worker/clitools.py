@@ -51,11 +51,25 @@ def settings_of(
     except ConfigError as exc:
         fail(EXIT_CONFIG, f"configuration error: {exc}")
     secrets = [settings.token.get_secret_value()] if settings.token else []
-    logmod.configure(settings.log_level, settings.log_format, secrets)
+    logmod.configure(
+        settings.log_level, settings.log_format, secrets, journald=_stderr_is_journal()
+    )
     log = logmod.get_logger()
     for note in notes:  # a log line like any other, so that JSON logs stay JSON
         log.warning("config.warning", message=note)
     return settings
+
+
+def _stderr_is_journal() -> bool:
+    """Whether stderr is the journal stream systemd names in ``$JOURNAL_STREAM``."""
+    expected = os.environ.get("JOURNAL_STREAM", "")
+    if not expected:
+        return False
+    try:
+        stat = os.fstat(sys.stderr.fileno())
+    except (OSError, ValueError):
+        return False
+    return f"{stat.st_dev}:{stat.st_ino}" == expected
 
 
 def new_event_loop() -> asyncio.AbstractEventLoop:

@@ -177,7 +177,7 @@ class Dispatcher:
             self._buffer,
             self.metrics,
             log,
-            verbose=_logs_info(log),
+            debug=_logs_debug(log),
             on_progress=self.on_progress,
         )
 
@@ -456,9 +456,9 @@ def _size(workspace_plan: WorkspacePlan) -> int:
     return sum(len(step.changes) for step in workspace_plan.steps)
 
 
-def _logs_info(log: Any) -> bool:
+def _logs_debug(log: Any) -> bool:
     enabled = getattr(log, "is_enabled_for", None)
-    return bool(enabled(logging.INFO)) if callable(enabled) else True
+    return bool(enabled(logging.DEBUG)) if callable(enabled) else True
 
 
 async def _wait_any(*events: asyncio.Event, seconds: float) -> None:

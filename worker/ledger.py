@@ -19,6 +19,7 @@ from structlog.contextvars import bound_contextvars
 from .changes import AttemptRecord, ClaimedRow, Lease, Result, RunStats, State
 from .exceptions import InputError
 from .leases import LeaseBook
+from .logging import get_record_logger
 from .metrics import Metrics
 from .planner import Step
 from .store import Store
@@ -34,8 +35,8 @@ class Ledger:
     buffer: WriteBuffer
     metrics: Metrics
     log: Any
-    verbose: bool = True
-    """Whether ``http.attempt`` lines are logged (info level): skipped cheaply if not."""
+    debug: bool = False
+    """Whether debug lines (a successful request's) are wanted: skipped cheaply if not."""
     stats: RunStats = field(default_factory=RunStats)
     on_progress: Callable[[int], None] | None = None
 
@@ -108,8 +109,10 @@ class Ledger:
             self.log.warning("lease.lost", count=len(change_ids), change_ids=change_ids[:20])
 
     def summarise(self, ended_because: str, duration: float, error: Exception | None) -> None:
-        """The run's one canonical summary line (at ``error`` when the run failed)."""
-        line = self.log.error if error is not None else self.log.info
+        """The run's one canonical summary line (at ``error`` when the run failed), written
+        whatever the configured level: it is the run's record."""
+        record = get_record_logger()
+        line = record.error if error is not None else record.info
         stats = self.stats
         line(
             "run.finished",

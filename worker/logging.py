@@ -3,6 +3,11 @@
 ``run_id``, ``change_id`` and ``workspace_id`` travel through contextvars, so every line a task
 writes carries the IDs it works on. The redaction processor runs last before rendering: any
 value that contains the API token, and any key that names a credential, is masked.
+
+Levels mean something: a successful request is ``debug``, a retried one ``warning``, a change
+that fails ``error``. The run's summary is its record and is written whatever the level
+(:func:`get_record_logger`). Under systemd, each line starts with its syslog priority (``<3>``
+for an error ...), which journald takes off and keeps, so ``journalctl -p warning`` works.
 """
 
 from __future__ import annotations
@@ -61,13 +66,33 @@ class Redactor:
         return value
 
 
+SYSLOG_PRIORITY = {"debug": 7, "info": 6, "warning": 4, "error": 3, "critical": 2}
+
+
+class JournalPriority:
+    """Prefix each rendered line with its syslog priority, as journald reads stderr."""
+
+    def __init__(self, renderer: Any) -> None:
+        self.renderer = renderer
+
+    def __call__(self, logger: Any, name: str, event: MutableMapping[str, Any]) -> str:
+        priority = SYSLOG_PRIORITY.get(str(event.get("level", name)), 6)
+        return f"<{priority}>{self.renderer(logger, name, event)}"
+
+
 def configure(
     level: str = "info",
     fmt: str = "auto",
     secrets: Iterable[str] = (),
     stream: TextIO | None = None,
+    *,
+    journald: bool = False,
 ) -> None:
-    """Set up structlog for the process. Call once, at the edge."""
+    """Set up structlog for the process. Call once, at the edge.
+
+    ``journald``: stderr is the journal's stream (``$JOURNAL_STREAM``), so lines carry their
+    priority.
+    """
     stream = stream or sys.stderr
     json_output = fmt == "json" or (fmt == "auto" and not stream.isatty())
     renderer: Any = (
@@ -75,15 +100,18 @@ def configure(
         if json_output
         else structlog.dev.ConsoleRenderer(colors=stream.isatty())
     )
+    if journald:
+        renderer = JournalPriority(renderer)
+    processors = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True, key="ts"),
+        structlog.processors.format_exc_info,
+        Redactor(secrets),
+        renderer,
+    ]
     structlog.configure(
-        processors=[
-            structlog.contextvars.merge_contextvars,
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True, key="ts"),
-            structlog.processors.format_exc_info,
-            Redactor(secrets),
-            renderer,
-        ],
+        processors=processors,
         wrapper_class=structlog.make_filtering_bound_logger(LEVELS[level]),
         logger_factory=structlog.PrintLoggerFactory(stream),
         cache_logger_on_first_use=False,
@@ -92,3 +120,18 @@ def configure(
 
 def get_logger(name: str = "kantata_sync") -> Any:
     return structlog.get_logger(name)
+
+
+def get_record_logger() -> Any:
+    """A logger for the lines that are a record (the run summary): written at any level.
+
+    It shares the processors and output of the current configuration; only the level filter
+    is left out.
+    """
+    config = structlog.get_config()
+    return structlog.wrap_logger(
+        config["logger_factory"](),
+        processors=config["processors"],
+        context_class=config["context_class"],
+        wrapper_class=structlog.make_filtering_bound_logger(logging.DEBUG),
+    )

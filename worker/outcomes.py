@@ -263,3 +263,23 @@ def shared_pause(retry_after: float | None, cap: float) -> float | None:
     if retry_after is None or retry_after > cap:
         return None
     return retry_after
+
+
+def attempt_level(status: int | None, *, same_status: bool = False) -> str:
+    """Pure: the log level of one request's line, so that levels mean something.
+
+    A success is routine (``debug``); an answer that is retried (no answer, 429, 5xx) is a
+    ``warning``; a same-status answer, read back next, is ``info``; a 401 or any other refusal
+    that fails the change is an ``error``.
+    """
+    if status is None:
+        return "warning"
+    if 200 <= status < 300:
+        return "debug"
+    if status == 429 or status == 408 or status >= 500:
+        return "warning"
+    if same_status:
+        return "info"
+    if 400 <= status < 500:
+        return "error"
+    return "warning"

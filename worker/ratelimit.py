@@ -21,6 +21,8 @@ from typing import Protocol
 
 from asyncio_throttle import Throttler
 
+from .logging import get_logger
+
 HEADROOM = 0.98
 MIN_FRACTION = 0.05
 RECOVERY_PER_SECOND = 0.10
@@ -109,7 +111,11 @@ class RateLimiter:
         if self._throttler is None:
             return
         now = self._clock()
+        before = self._state.rate
         self._state = after_throttled(self._state, self.budget, now)
+        get_logger().warning(
+            "rate.lowered", rate_per_s=round(self._state.rate, 3), from_per_s=round(before, 3)
+        )
         pause = retry_after if retry_after is not None else DEFAULT_PAUSE
         self._paused_until = max(self._paused_until, now + pause)
         self._next = max(self._next, self._paused_until)
@@ -272,8 +278,18 @@ class SharedRateLimiter:
                 sample = await self._source(0, None)
                 offset = self._offset(sample)
             self._calibrated = True
-        self._rate = 1.0 / block.spacing
+        self._note_rate(1.0 / block.spacing)
         self._slots.extend(block.first + i * block.spacing - offset for i in range(block.count))
+
+    def _note_rate(self, rate: float) -> None:
+        """Take the shared rate; its changes are logged once each (lowered, back to budget)."""
+        before, self._rate = self._rate, rate
+        if rate < before * 0.999:
+            get_logger().warning(
+                "rate.lowered", rate_per_s=round(rate, 3), from_per_s=round(before, 3)
+            )
+        elif rate >= self.budget * 0.999 > before:
+            get_logger().info("rate.recovered", rate_per_s=round(rate, 3))
 
     def _offset(self, block: SlotBlock) -> float:
         """The source's clock minus ours, filtered as NTP does.

@@ -35,6 +35,7 @@ from .outcomes import (
     ApiResponse,
     Classified,
     Verdict,
+    attempt_level,
     backoff_delay,
     classify,
     failure_result,
@@ -189,9 +190,11 @@ class StepRunner:
         error = None if isinstance(answer, ApiResponse) else str(answer)
         error_type = answer.kind if isinstance(answer, TransportError) else None
         request_id = answer.request_id if isinstance(answer, ApiResponse) else None
+        same_status = False
         if isinstance(answer, ApiResponse) and answer.status >= 400:
             verdict = classify(answer, status_change=endpoint == POST_STATUS_CHANGE)
             error, error_type = verdict.error_message, verdict.error_type
+            same_status = verdict.verdict is Verdict.READ_BACK
         self.breaker.record(
             unhealthy=isinstance(answer, TransportError) or (status is not None and status >= 500)
         )
@@ -217,8 +220,9 @@ class StepRunner:
                 attempted_at,
             )
         )
-        if self.ledger.verbose:
-            self.log.info(
+        level = attempt_level(status, same_status=same_status)
+        if level != "debug" or self.ledger.debug:
+            getattr(self.log, level)(
                 "http.attempt",
                 endpoint=endpoint,
                 change_ids=list(step.change_ids),
@@ -264,8 +268,16 @@ class StepRunner:
             )
             if result.state is State.PENDING:
                 self.ledger.retry(result)
-            else:
-                self.ledger.finish(result, kind=change.kind)
+                continue
+            if verdict.verdict is Verdict.RETRY:
+                self.log.error(
+                    "change.gave_up",
+                    change_id=change.id,
+                    attempts=result.attempts,
+                    error_type=result.error_type,
+                    error=verdict.error_message,
+                )
+            self.ledger.finish(result, kind=change.kind)
         return verdict.verdict is not Verdict.RETRY
 
     def interrupted(self, step: Step) -> None:
