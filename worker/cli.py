@@ -17,7 +17,7 @@ from typing import IO
 
 import click
 
-from . import __version__, queue_cli
+from . import __version__, queue_cli, reconcile_cli
 from . import db as dbmod
 from .changes import NewChange, RunEnding, RunReport, State
 from .clitools import (
@@ -60,6 +60,8 @@ def main(ctx: click.Context, /, config_file: Path | None) -> None:
 
 main.add_command(sandbox)
 for _command in queue_cli.COMMANDS:
+    main.add_command(_command)
+for _command in reconcile_cli.COMMANDS:
     main.add_command(_command)
 
 

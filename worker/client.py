@@ -1,4 +1,4 @@
-"""The Kantata OX client: the three requests kantata-sync makes, over one aiohttp session.
+"""The Kantata OX client: the requests kantata-sync makes, over one aiohttp session.
 
 Every request carries the Bearer token, a JSON body and a User-Agent with the version. Any HTTP
 answer comes back as an :class:`~worker.outcomes.ApiResponse` for the pure classifier to judge;
@@ -15,6 +15,8 @@ import functools
 import json
 import math
 import time
+from collections.abc import Sequence
+from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
@@ -35,12 +37,147 @@ URL_CACHE_SIZE = 4096
 PUT_WORKSPACE = "PUT /workspaces/{id}"
 POST_STATUS_CHANGE = "POST /workspace_status_changes"
 GET_WORKSPACE = "GET /workspaces/{id}"
+GET_WORKSPACES = "GET /workspaces"
+MAX_PER_PAGE = 200
+"""The most workspaces the index route returns in one page (Kantata's documented maximum)."""
 DEFAULT_MAX_BODY_BYTES = 4 * 1024 * 1024
 READ_CHUNK = 64 * 1024
 MIN_REDACTED_TOKEN = 8
 """A shorter token is not masked in answers: it would mask ordinary words."""
 ORJSON_MAX_BYTES = 1024 * 1024
 """Bodies over this parse with ``json``: orjson briefly takes ~12 times a long string's size."""
+
+
+@dataclass(frozen=True, slots=True)
+class RequestSpec:
+    """A request as it goes on the wire: method, target after the base URL (query included),
+    JSON body. ``plan`` prints these; the client sends exactly these."""
+
+    endpoint: str
+    method: str
+    target: str
+    body: JSONObject | None = None
+
+
+def update_request(workspace_id: int, fields: JSONObject) -> RequestSpec:
+    """``PUT /workspaces/{id}`` with ``{"workspace": fields}``."""
+    return RequestSpec(PUT_WORKSPACE, "PUT", f"/workspaces/{workspace_id}", {"workspace": fields})
+
+
+def status_change_request(workspace_id: int, to_status_key: int) -> RequestSpec:
+    """``POST /workspace_status_changes``, including the workspace to read its new state."""
+    body = {
+        "workspace_status_change": {"workspace_id": workspace_id, "to_status_key": to_status_key}
+    }
+    return RequestSpec(
+        POST_STATUS_CHANGE, "POST", "/workspace_status_changes?include=workspace", body
+    )
+
+
+def read_back_request(workspace_id: int) -> RequestSpec:
+    """``GET /workspaces/{id}``: the read-back that proves a status is in place."""
+    return RequestSpec(GET_WORKSPACE, "GET", f"/workspaces/{workspace_id}")
+
+
+def list_query(
+    ids: Sequence[int],
+    *,
+    include_custom_fields: bool,
+    include_archived: bool,
+    page: int = 1,
+    per_page: int = MAX_PER_PAGE,
+) -> list[tuple[str, str]]:
+    """The query of ``GET /workspaces`` for these IDs (at most :data:`MAX_PER_PAGE`)."""
+    if not ids or len(ids) > MAX_PER_PAGE:
+        raise ValueError(f"between 1 and {MAX_PER_PAGE} workspace IDs a request, not {len(ids)}")
+    query = [("only", ",".join(str(int(i)) for i in ids)), ("per_page", str(per_page))]
+    if page != 1:
+        query.append(("page", str(page)))
+    if include_archived:
+        query.append(("include_archived", "true"))
+    if include_custom_fields:
+        query.append(("include", "custom_field_values"))
+    return query
+
+
+def list_request(
+    ids: Sequence[int],
+    *,
+    include_custom_fields: bool,
+    include_archived: bool,
+    page: int = 1,
+    per_page: int = MAX_PER_PAGE,
+) -> RequestSpec:
+    """``GET /workspaces?only=…``: up to 200 workspaces by ID; unknown IDs are skipped."""
+    query = list_query(
+        ids,
+        include_custom_fields=include_custom_fields,
+        include_archived=include_archived,
+        page=page,
+        per_page=per_page,
+    )
+    target = "/workspaces?" + "&".join(f"{k}={v}" for k, v in query)
+    return RequestSpec(GET_WORKSPACES, "GET", target)
+
+
+@dataclass(frozen=True, slots=True)
+class WorkspacePage:
+    """One page of ``GET /workspaces``: the workspaces by ID, their custom field values by
+    custom field ID, and where the page stands among the pages."""
+
+    workspaces: dict[int, JSONObject]
+    custom_field_values: dict[int, dict[int, JSONObject]]
+    page_number: int
+    page_count: int
+
+    @property
+    def more(self) -> bool:
+        """Whether later pages hold more of the requested workspaces."""
+        return self.page_number < self.page_count
+
+
+def workspace_page(body: JSONObject | None) -> WorkspacePage:
+    """Parse a ``GET /workspaces`` answer; :class:`ProtocolError` if it is not the envelope.
+
+    Workspaces come from the ``results`` array; each one's custom field values are found
+    through its ``custom_field_value_ids`` in the top-level ``custom_field_values`` map.
+    """
+    workspaces: dict[int, JSONObject] = {}
+    values: dict[int, dict[int, JSONObject]] = {}
+    value_table = body.get("custom_field_values") if isinstance(body, dict) else None
+    for workspace in primary_objects(body):
+        ident = _int_or_none(workspace.get("id"))
+        if ident is None:
+            raise ProtocolError("a listed workspace has no usable id")
+        workspaces[ident] = workspace
+        ids = workspace.get("custom_field_value_ids")
+        if isinstance(ids, list) and isinstance(value_table, dict):
+            mine: dict[int, JSONObject] = {}
+            for value_id in ids:
+                value = value_table.get(str(value_id))
+                field_id = (
+                    _int_or_none(value.get("custom_field_id")) if isinstance(value, dict) else None
+                )
+                if isinstance(value, dict) and field_id is not None:
+                    mine[field_id] = value
+            values[ident] = mine
+    assert isinstance(body, dict)  # primary_objects checked it
+    meta = body.get("meta")
+    meta = meta if isinstance(meta, dict) else {}
+    page_number = _int_or_none(meta.get("page_number")) or 1
+    page_count = _int_or_none(meta.get("page_count")) or page_number
+    return WorkspacePage(workspaces, values, page_number, page_count)
+
+
+def _int_or_none(value: Any) -> int | None:
+    """An ID as Kantata writes it (a string of digits, or an integer), else None."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str) and value.isascii() and value.isdigit():
+        return int(value)
+    return None
 
 
 class KantataClient:
@@ -127,6 +264,28 @@ class KantataClient:
     async def get_workspace(self, workspace_id: int) -> ApiResponse:
         """``GET /workspaces/{id}``: the read-back that proves a status is in place."""
         return await self._request("GET", self._workspace_url(workspace_id), None)
+
+    async def list_workspaces(
+        self,
+        ids: Sequence[int],
+        *,
+        include_custom_fields: bool = False,
+        include_archived: bool = True,
+        page: int = 1,
+    ) -> ApiResponse:
+        """``GET /workspaces?only=…&per_page=200``: up to 200 workspaces in one read.
+
+        Unknown IDs are skipped, not answered with 404; archived projects come back only with
+        ``include_archived``; custom field values with ``include_custom_fields``. Parse the
+        answer with :func:`workspace_page`.
+        """
+        query = list_query(
+            ids,
+            include_custom_fields=include_custom_fields,
+            include_archived=include_archived,
+            page=page,
+        )
+        return await self._request("GET", self._workspaces_url.with_query(query), None)
 
     async def _request(
         self,
@@ -362,11 +521,20 @@ def status_key_of(body: JSONObject | None, workspace_id: int) -> int | None:
 
 __all__ = [
     "GET_WORKSPACE",
+    "GET_WORKSPACES",
+    "MAX_PER_PAGE",
     "POST_STATUS_CHANGE",
     "PUT_WORKSPACE",
     "ApiResponse",
     "KantataClient",
+    "RequestSpec",
+    "WorkspacePage",
+    "list_request",
     "primary_objects",
+    "read_back_request",
+    "status_change_request",
     "status_key_of",
+    "update_request",
+    "workspace_page",
     "workspace_snapshot",
 ]

@@ -1,4 +1,4 @@
-"""The aiohttp application: the three Kantata OX routes under ``/api/v1``.
+"""The aiohttp application: the four Kantata OX routes under ``/api/v1``.
 
 Every API request passes, in order: an injected 429 burst, the strict rate limiter (429),
 added latency, injected 5xx / hang / dropped connection, authentication (401), the body shape
@@ -7,8 +7,10 @@ itself, and finally an injected "apply, then fail". A POST whose ``workspace_id`
 ``to_status_key`` is not a JSON integer is a 422 before the lookup. Forbidden workspaces can
 still be read: only PUT and POST answer 403, with a ``system`` error, as for a project the user
 can view but not edit. A plain GET of an archived workspace is a 404 unless
-``include_archived=true``. Any other path under ``/api/v1`` is rate limited but never faulted,
-and answers a JSON 404.
+``include_archived=true``. The index route ``GET /workspaces`` (see :mod:`.listing`) reads many
+workspaces at once and never answers 404 for an unknown ID. Any other path under ``/api/v1`` is
+rate limited but never faulted, and answers a JSON 404. Every API request is kept in the
+request log (``state.requests``) with the status it got.
 """
 
 from __future__ import annotations
@@ -25,12 +27,14 @@ from .config import SandboxConfig
 from .errors import ErrorType, RequestError, unprocessable
 from .faults import NO_FAULT, FaultDecision, FaultInjector, FaultKind
 from .inspection import add_inspection_routes
+from .listing import page_of, parse_list_query, select
 from .ratelimit import SlidingWindowLimiter
 from .render import (
     custom_field_values_json,
     dumps,
     envelope,
     error_body,
+    list_envelope,
     parse_includes,
     status_change_json,
     system_error,
@@ -89,6 +93,18 @@ class Sandbox:
         self, request: web.Request, route: Route, operation: Operation, *, faults: bool = True
     ) -> web.StreamResponse:
         """Run one API request through rate limiting, faults (unless off) and the operation."""
+        target = request.path_qs.removeprefix(API_PREFIX)
+        entry = self.state.record_request(request.method, target, await request.read())
+        response = await self._serve(request, route, operation, faults=faults)
+        if entry is not None:
+            transport = request.transport
+            dropped = transport is None or transport.is_closing()
+            entry.status = DROPPED if dropped else response.status
+        return response
+
+    async def _serve(
+        self, request: web.Request, route: Route, operation: Operation, *, faults: bool
+    ) -> web.StreamResponse:
         now = self.clock()
         stats = self.state.stats
         stats.received.add(now)
@@ -196,6 +212,10 @@ class ApiHandlers:
         """``GET /workspaces/{id}``."""
         return await self.sandbox.serve(request, Route.GET_WORKSPACE, self._get)
 
+    async def list_workspaces(self, request: web.Request) -> web.StreamResponse:
+        """``GET /workspaces``: the index route."""
+        return await self.sandbox.serve(request, Route.GET_WORKSPACES, self._list)
+
     async def put_workspace(self, request: web.Request) -> web.StreamResponse:
         """``PUT /workspaces/{id}``."""
         return await self.sandbox.serve(request, Route.PUT_WORKSPACE, self._put)
@@ -215,6 +235,32 @@ class ApiHandlers:
         archived_ok = query.get("include_archived", "").lower() == "true"
         workspace = sandbox.lookup(request.match_info["id"], include_archived=archived_ok)
         return sandbox.workspace_envelope(workspace, parse_includes(query.get("include")))
+
+    async def _list(self, request: web.Request) -> dict[str, Any]:
+        sandbox = self.sandbox
+        sandbox.authenticate(request)
+        query = parse_list_query(request.query)
+        matches = select(sandbox.state.workspaces, query)
+        page = page_of(matches, query)
+        with_values = "custom_field_values" in parse_includes(request.query.get("include"))
+        statuses = sandbox.state.statuses
+        records = [
+            (w.id, workspace_json(w, statuses, custom_field_value_ids=with_values)) for w in page
+        ]
+        extra: list[tuple[str, Any]] = []
+        if with_values:
+            values: dict[str, Any] = {}
+            for workspace in page:
+                values.update(custom_field_values_json(workspace))
+            extra.append(("custom_field_values", values))
+        return list_envelope(
+            "workspaces",
+            records,
+            extra,
+            count=len(matches),
+            page_number=query.page,
+            page_size=query.per_page,
+        )
 
     async def _put(self, request: web.Request) -> dict[str, Any]:
         sandbox = self.sandbox
@@ -275,6 +321,8 @@ def create_app(config: SandboxConfig | None = None) -> web.Application:
     app.on_response_prepare.append(_add_request_id)
     handlers = ApiHandlers(sandbox)
     router = app.router
+    for path in ("/workspaces", "/workspaces.json"):
+        router.add_get(f"{API_PREFIX}{path}", handlers.list_workspaces)
     router.add_get(f"{API_PREFIX}/workspaces/{{id}}", handlers.get_workspace)
     router.add_put(f"{API_PREFIX}/workspaces/{{id}}", handlers.put_workspace)
     for path in ("/workspace_status_changes", "/workspace_status_changes.json"):

@@ -122,6 +122,7 @@ class SandboxConfig:
     ``forbidden`` lists workspaces every token may read but not edit (PUT and POST get 403).
     ``rate_limit`` is the number of accepted requests allowed in any one-second window, shared
     by all tokens (0 = unlimited). ``retry_after`` is sent as ``Retry-After`` on 429 when set.
+    ``request_log`` keeps the latest API requests (method, target, body, status) in memory.
     """
 
     tokens: tuple[str, ...] = (DEFAULT_TOKEN,)
@@ -133,6 +134,8 @@ class SandboxConfig:
     retry_after: int | None = None
     faults: FaultConfig = field(default_factory=FaultConfig)
     inspect: bool = False
+    request_log: int = 10_000
+    """How many of the latest API requests are kept for inspection (0: none)."""
 
     def __post_init__(self) -> None:
         if self.workspaces < 0:
@@ -146,6 +149,8 @@ class SandboxConfig:
             raise ConfigError(f"initial status {self.initial_status} is not an enabled status key")
         if self.rate_limit < 0:
             raise ConfigError("rate_limit must be >= 0")
+        if self.request_log < 0:
+            raise ConfigError("request_log must be >= 0")
         if self.retry_after is not None and self.retry_after < 0:
             raise ConfigError("retry_after must be >= 0")
         if any(not token for token in self.tokens):

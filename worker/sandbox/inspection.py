@@ -12,7 +12,9 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from .config import ConfigError, FaultConfig
+from .errors import RequestError
 from .render import dumps
+from .validation import validate_workspace_update
 
 if TYPE_CHECKING:
     from .app import Sandbox
@@ -58,6 +60,43 @@ class InspectionHandlers:
             return _problem(404, "no such workspace")
         return _json(self.sandbox.state.workspaces[workspace_id].to_json())
 
+    async def edit_workspace(self, request: web.Request) -> web.Response:
+        """``POST /__sandbox__/workspaces/{id}/edit`` with ``{"workspace": {...}}``.
+
+        An edit made in Kantata's UI, not through the API: the fields of a PUT body (checked
+        as a PUT checks them; 422 with the errors otherwise) are applied, ``updated_at`` moves,
+        and no request is counted. Answers the workspace as stored.
+        """
+        workspace_id = self._workspace_id(request)
+        if workspace_id is None:
+            return _problem(404, "no such workspace")
+        data = await _json_object(request)
+        if isinstance(data, web.Response):
+            return data
+        fields = data.get("workspace")
+        if not isinstance(fields, dict) or not fields:
+            return _problem(400, 'body must be {"workspace": {field: value, ...}}')
+        state = self.sandbox.state
+        try:
+            update = validate_workspace_update(fields, state.statuses)
+        except RequestError as error:
+            return _json({"errors": [e.to_json() for e in error.errors]}, error.status)
+        workspace = state.workspaces[workspace_id]
+        state.apply_update(workspace, update, out_of_band=True)
+        return _json(workspace.to_json())
+
+    async def delete_workspace(self, request: web.Request) -> web.Response:
+        """``DELETE /__sandbox__/workspaces/{id}``: the project is deleted in Kantata's UI."""
+        workspace_id = self._workspace_id(request)
+        if workspace_id is None:
+            return _problem(404, "no such workspace")
+        del self.sandbox.state.workspaces[workspace_id]
+        return _json({"deleted": workspace_id})
+
+    async def requests(self, request: web.Request) -> web.Response:
+        """``GET /__sandbox__/requests``: the latest API requests, oldest first."""
+        return _json({"requests": [entry.to_json() for entry in self.sandbox.state.requests]})
+
     async def workspace_history(self, request: web.Request) -> web.Response:
         """``GET /__sandbox__/workspaces/{id}/status_changes``: that workspace's history."""
         workspace_id = self._workspace_id(request)
@@ -82,8 +121,10 @@ class InspectionHandlers:
         return _json(data)
 
     async def reset_stats(self, request: web.Request) -> web.Response:
-        """``POST /__sandbox__/reset_stats``: zero the counters; answers the zeroed stats."""
+        """``POST /__sandbox__/reset_stats``: zero the counters and empty the request log;
+        answers the zeroed stats."""
         self.sandbox.state.stats.reset()
+        self.sandbox.state.requests.clear()
         return await self.stats(request)
 
     async def revoke_token(self, request: web.Request) -> web.Response:
@@ -130,7 +171,10 @@ def add_inspection_routes(app: web.Application, sandbox: Sandbox) -> None:
     handlers = InspectionHandlers(sandbox)
     router = app.router
     router.add_get(f"{PREFIX}/workspaces/{{id}}", handlers.workspace)
+    router.add_delete(f"{PREFIX}/workspaces/{{id}}", handlers.delete_workspace)
+    router.add_post(f"{PREFIX}/workspaces/{{id}}/edit", handlers.edit_workspace)
     router.add_get(f"{PREFIX}/workspaces/{{id}}/status_changes", handlers.workspace_history)
+    router.add_get(f"{PREFIX}/requests", handlers.requests)
     router.add_get(f"{PREFIX}/history", handlers.history)
     router.add_get(f"{PREFIX}/stats", handlers.stats)
     router.add_post(f"{PREFIX}/reset_stats", handlers.reset_stats)

@@ -133,3 +133,32 @@ def error_body(errors: Iterable[ApiError]) -> bytes:
 def system_error(message: str) -> bytes:
     """A serialised envelope with one ``system`` error."""
     return error_body([ApiError(ErrorType.SYSTEM, message)])
+
+
+def list_envelope(
+    key: str,
+    records: list[tuple[int, dict[str, Any]]],
+    extra: Iterable[tuple[str, Any]],
+    *,
+    count: int,
+    page_number: int,
+    page_size: int,
+) -> dict[str, Any]:
+    """The success envelope of an index route: one page of primary objects, in order.
+
+    ``count`` is every match, over all pages; ``meta`` says which page this is.
+    """
+    body: dict[str, Any] = {
+        "count": count,
+        "results": [{"key": key, "id": str(object_id)} for object_id, _ in records],
+        key: {str(object_id): record for object_id, record in records},
+    }
+    for name, value in extra:
+        body[name] = value
+    body["meta"] = {
+        "count": count,
+        "page_count": -(-count // page_size),
+        "page_number": page_number,
+        "page_size": page_size,
+    }
+    return body

@@ -6,7 +6,8 @@ the same data as JSON.
 
 from __future__ import annotations
 
-from collections import Counter
+import json
+from collections import Counter, deque
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
@@ -22,6 +23,7 @@ class Route(StrEnum):
     """The API routes, as the statistics name them."""
 
     GET_WORKSPACE = "GET /workspaces/{id}"
+    GET_WORKSPACES = "GET /workspaces"
     PUT_WORKSPACE = "PUT /workspaces/{id}"
     POST_STATUS_CHANGE = "POST /workspace_status_changes"
     OTHER = "other /api/v1"
@@ -154,6 +156,28 @@ def _utc_iso(moment: datetime) -> str:
     return moment.isoformat(timespec="microseconds")
 
 
+@dataclass(slots=True)
+class RecordedRequest:
+    """One API request as it arrived: method, target after ``/api/v1`` (query included), the
+    raw body, and the status it was answered with (None while in progress, ``dropped``)."""
+
+    method: str
+    target: str
+    body: bytes
+    status: int | str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        """The record with the body parsed when it is JSON (else as text, or None when empty)."""
+        body: Any = None
+        if self.body:
+            text = self.body.decode("utf-8", errors="replace")
+            try:
+                body = json.loads(text)
+            except ValueError:
+                body = text
+        return {"method": self.method, "target": self.target, "body": body, "status": self.status}
+
+
 class SandboxState:
     """The live account: seeded workspaces, their history, the tokens and the statistics."""
 
@@ -163,6 +187,8 @@ class SandboxState:
         self.users: dict[str, int] = {token: n for n, token in enumerate(config.tokens, 1)}
         self.revoked: set[str] = set()
         self.stats = Stats()
+        self.requests: deque[RecordedRequest] = deque(maxlen=config.request_log or None)
+        """The latest API requests (``config.request_log`` of them), oldest first."""
         self.history: list[StatusChange] = []
         self._history_by_workspace: dict[int, list[StatusChange]] = {}
         self._last_stamp = datetime.now(UTC)
@@ -199,8 +225,21 @@ class SandboxState:
         """The status changes of one workspace, oldest first."""
         return list(self._history_by_workspace.get(workspace_id, ()))
 
-    def apply_update(self, workspace: Workspace, update: WorkspaceUpdate) -> None:
-        """Apply a validated PUT: fields, custom field values and status, then bump updated_at."""
+    def record_request(self, method: str, target: str, body: bytes) -> RecordedRequest | None:
+        """Log an arriving API request (unless the log is off); set its ``status`` when answered."""
+        if not self.config.request_log:
+            return None
+        entry = RecordedRequest(method, target, body)
+        self.requests.append(entry)
+        return entry
+
+    def apply_update(
+        self, workspace: Workspace, update: WorkspaceUpdate, *, out_of_band: bool = False
+    ) -> None:
+        """Apply a validated PUT: fields, custom field values and status, then bump updated_at.
+
+        ``out_of_band``: an edit made in Kantata's UI, not through the API (no PUT counted).
+        """
         stamp = self.stamp()
         fields = workspace.fields
         fields.update(update.fields)
@@ -215,7 +254,8 @@ class SandboxState:
         if update.status_key is not None:
             workspace.status_key = update.status_key
         workspace.updated_at = stamp
-        workspace.put_count += 1
+        if not out_of_band:
+            workspace.put_count += 1
 
     def _set_custom_field(
         self, workspace: Workspace, custom_field_id: int, value: str | None, stamp: str
