@@ -21,16 +21,14 @@ from .client import KantataClient
 from .clitools import EXIT_TOKEN, fail, run_async, settings_of
 from .config import Settings
 from .coordination import Coordinator
-from .drift import Drift, Finding, repair_changes
-from .exceptions import InputError, TokenRejected
+from .drift import Drift, Finding
+from .exceptions import TokenRejected
 from .logging import get_logger
 from .outbox_reads import OutboxReader
 from .preview import Preview, preview
 from .reconcile_render import write_drift, write_plan
 from .runtime import make_limiter, open_store
-from .store import Store
-from .validation import validate_payload
-from .verify import VerifyOptions, VerifyStats, WorkspaceReader, verify
+from .verify import VerifyOptions, VerifyStats, WorkspaceReader, enqueue_repairs, verify
 
 EXIT_DRIFT = 1
 EXIT_UNREADABLE = 6
@@ -178,7 +176,9 @@ async def _verify(
                 if repair:
                     # Repairs must be known before JSON's summary is written: collect first.
                     collected = [item async for item in findings()]
-                    repairs.update(await _repair(store, outbox, drifted, run_id, high_water))
+                    repairs.update(
+                        await enqueue_repairs(store, outbox, drifted, run_id, high_water)
+                    )
 
                     async def replay() -> AsyncIterator[Drift]:
                         for item in collected:
@@ -205,29 +205,6 @@ async def _verify(
                 err=True,
             )
     return "done"
-
-
-async def _repair(
-    store: Store, outbox: OutboxReader, drifted: list[Drift], run_id: str, high_water: int
-) -> JSONObject:
-    """Enqueue the corrections, except for workspaces that got a change since verify began."""
-    newer = await outbox.touched_since([d.workspace_id for d in drifted], high_water)
-    changes = []
-    for change in repair_changes((d for d in drifted if d.workspace_id not in newer), run_id):
-        try:
-            validate_payload(change.kind, change.payload)
-        except InputError:
-            continue  # cannot happen for a value that once succeeded; never enqueue bad input
-        changes.append(change)
-    ids = await store.enqueue(changes)
-    return {
-        "run_id": run_id,
-        "enqueued": len(ids),
-        "workspaces": len({c.workspace_id for c in changes}),
-        "change_ids": ids,
-        "skipped_workspaces": sorted(newer),
-        "source_ref_prefix": f"verify:{run_id}:",
-    }
 
 
 COMMANDS = (plan, verify_command)

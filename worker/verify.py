@@ -20,15 +20,18 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
+from .changes import JSONObject
 from .client import MAX_PER_PAGE, KantataClient, WorkspacePage, workspace_page
 from .config import Settings
 from .desired import DesiredState, fold_all
-from .drift import Drift, Finding, compare
-from .exceptions import ProtocolError, TokenRejected, TransportError
+from .drift import Drift, Finding, compare, repair_changes
+from .exceptions import InputError, ProtocolError, TokenRejected, TransportError
 from .logging import get_logger
 from .outbox_reads import OutboxReader
 from .outcomes import ApiResponse, Verdict, backoff_delay, classify, shared_pause
 from .ratelimit import Limiter
+from .store import Store
+from .validation import validate_payload
 
 PARALLEL_READS = 2
 """Chunks read at once: enough to keep the budget busy while the next chunk is folded."""
@@ -240,3 +243,30 @@ async def verify(
         for task in running:
             task.cancel()
         await asyncio.gather(*running, return_exceptions=True)
+
+
+async def enqueue_repairs(
+    store: Store, outbox: OutboxReader, drifted: Sequence[Drift], run_id: str, high_water: int
+) -> JSONObject:
+    """Enqueue a change setting each drifted field back (``source_ref`` ``verify:…``).
+
+    A workspace that got a change after verify began (an ID above ``high_water``) is skipped:
+    the correction would land after that newer change and undo it.
+    """
+    newer = await outbox.touched_since([d.workspace_id for d in drifted], high_water)
+    changes = []
+    for change in repair_changes((d for d in drifted if d.workspace_id not in newer), run_id):
+        try:
+            validate_payload(change.kind, change.payload)
+        except InputError:
+            continue  # cannot happen for a value that once succeeded; never enqueue bad input
+        changes.append(change)
+    ids = await store.enqueue(changes)
+    return {
+        "run_id": run_id,
+        "enqueued": len(ids),
+        "workspaces": len({c.workspace_id for c in changes}),
+        "change_ids": ids,
+        "skipped_workspaces": sorted(newer),
+        "source_ref_prefix": f"verify:{run_id}:",
+    }
