@@ -270,3 +270,58 @@ async def test_status_change_include_shapes(
     assert change["workspace_id"] == "5"
     assert set(data["users"]) == {change["user_id"]}
     assert set(data["workspaces"]) == {"5"}
+
+
+WORKSPACES = "/workspaces"
+
+
+def check_index(status: int, body: Any) -> None:
+    """An index answer: the declared schema, and for 200 the envelope of a page."""
+    validator(declared_schema(WORKSPACES, "get", status)).validate(body)
+    if status != 200:
+        assert set(body) == {"errors"} and body["errors"]
+        return
+    ids = [result["id"] for result in body["results"]]
+    assert all(result["key"] == "workspaces" for result in body["results"])
+    assert list(body["workspaces"]) == ids
+    meta = body["meta"]
+    assert meta["count"] == body["count"] >= len(ids)
+    assert len(ids) <= meta["page_size"] <= 200
+    assert meta["page_count"] == -(-body["count"] // meta["page_size"])
+    for ident, workspace in body["workspaces"].items():
+        assert workspace["id"] == ident
+        assert workspace["status"]["key"].isdigit()
+        for value_id in workspace.get("custom_field_value_ids", []):
+            assert body["custom_field_values"][value_id]["subject_id"] == int(ident)
+
+
+async def test_index_responses(
+    sandbox_factory: SandboxFactory, http: aiohttp.ClientSession
+) -> None:
+    async with sandbox_factory(rate_limit=1000) as sb:
+        url = f"{sb.url}/workspaces"
+        status, _ = await exchange(http, "put", f"{url}/2", FULL_UPDATE)
+        assert status == 200
+        cases: list[tuple[str, dict[str, str] | None, int]] = [
+            (f"{url}?only=1,2,3,999&per_page=200", None, 200),
+            (f"{url}?only=2&include=custom_field_values&include_archived=true", None, 200),
+            (f"{url}?only=999", None, 200),
+            (f"{url}?per_page=7&page=3", None, 200),
+            (f"{url}?per_page=1000", None, 200),
+            (f"{url}.json?only=1", None, 200),
+            (f"{url}?only=1", {}, 401),
+            (f"{url}?per_page=abc", None, 400),
+        ]
+        for target, headers, expected in cases:
+            status, data = await exchange(http, "get", target, headers=headers)
+            assert status == expected, (target, data)
+            check_index(status, data)
+        sb.set_faults(FaultConfig(error_rate=1.0, seed=5))
+        for _ in range(4):
+            status, data = await exchange(http, "get", f"{url}?only=1")
+            assert status >= 500
+            check_index(status, data)
+        sb.set_faults(FaultConfig(burst_429_rate=1.0))
+        status, data = await exchange(http, "get", f"{url}?only=1")
+        assert status == 429
+        check_index(status, data)
