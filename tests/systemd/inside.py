@@ -239,9 +239,9 @@ def sandbox_codes() -> dict[str, int]:
 
 def install() -> str:
     started = time.monotonic()
-    # 1. kantata-sync from this checkout. The cached venv has its dependencies (installed by
-    #    `pip install` of an earlier checkout with the same pyproject.toml); the network is
-    #    private, so the build requirements come from the cached wheels.
+    # Step 1, the program: kantata-sync from this checkout. The cached venv has its
+    # dependencies (from `pip install` of a checkout with the same pyproject.toml, by
+    # build-root.sh); the network is private, so the build requirements come from wheels.
     run(
         [
             VENV / "bin" / "pip",
@@ -258,7 +258,7 @@ def install() -> str:
     )
     installed = run([KANTATA_SYNC, "--help"]).returncode == 0
     expect(installed, "kantata-sync --help failed after pip install")
-    # 2. Configuration (the shipped one, pointed at the sandbox) and the token, root-only.
+    # Steps 2 and 3: the shipped configuration, pointed at the sandbox, and the token.
     run(["install", "-d", "-m", "0755", CONFIG.parent])
     run(["install", "-m", "0644", SRC / "deploy" / "kantata-sync.toml", CONFIG])
     text, count = re.subn(
@@ -268,7 +268,7 @@ def install() -> str:
     CONFIG.write_text(text)
     run(["install", "-m", "0600", "/dev/null", TOKEN])
     TOKEN.write_text(secrets.token_urlsafe(24) + "\n")
-    # 3. The units, unmodified, and the test drop-ins.
+    # Step 4: the units, unmodified, and the test drop-ins.
     run(["install", "-m", "0644", *(SRC / "deploy" / unit for unit in UNITS), UNIT_DIR])
     for dropin in sorted((HERE / "dropins").glob("*.d/*.conf")):
         run(["install", "-D", "-m", "0644", dropin, UNIT_DIR / dropin.parent.name / dropin.name])
@@ -281,11 +281,11 @@ def install() -> str:
     for unit in UNITS:
         shipped = (SRC / "deploy" / unit).read_bytes()
         expect((UNIT_DIR / unit).read_bytes() == shipped, f"{unit} differs from deploy/")
-    # The sandbox, accepting only the token in /etc/kantata-sync/token.
+    # The sandbox, accepting only the token in /etc/kantata-sync/token for now.
     run(["systemctl", "start", "kantata-sandbox.service"])
     wait_until("the sandbox to listen", lambda: sandbox("stats"), 30)
     sandbox("tokens/revoke", {"token": NEXT_TOKEN.read_text().strip()})  # until rotation
-    # 4. The schema, as the services' dynamic user.
+    # Steps 5 and 6: the schema and the configuration check, as the services' dynamic user.
     upgraded = admin("db", "upgrade").strip()
     checked = admin("config", "check")
     expect(TOKEN.read_text().strip() not in checked, "config check printed the token")
