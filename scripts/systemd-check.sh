@@ -61,11 +61,14 @@ preflight() {
         skip "the kernel has no overlayfs"
 }
 
-# Everything below runs in a private mount namespace: its mounts vanish with it.
+# Everything below runs in private mount and PID namespaces, as their first process: when it
+# ends, however it ends, its mounts vanish and every process it started (the container's
+# included) is killed. If unshare itself is killed, this gets SIGTERM and cleans up.
 if [ "${_KANTATA_SYSTEMD_CHECK_NS:-}" != 1 ]; then
     preflight
     export _KANTATA_SYSTEMD_CHECK_NS=1
-    exec unshare --mount --propagation private -- "$BASH" "${BASH_SOURCE[0]}" "$@"
+    exec unshare --mount --propagation private --pid --fork --kill-child=TERM --mount-proc \
+        -- "$BASH" "${BASH_SOURCE[0]}" "$@"
 fi
 
 START=$SECONDS
@@ -76,6 +79,8 @@ if ! flock --nonblock 9; then
     flock --wait 900 9 || die "gave up waiting for the other systemd-check"
 fi
 
+# Mount points left by a run that was killed (their tmpfs went with it): empty directories.
+rmdir /tmp/kantata-systemd-check.* 2>/dev/null || true
 WORK=$(mktemp -d /tmp/kantata-systemd-check.XXXXXX)
 BOOT_PID=
 BUILDING=
@@ -94,8 +99,8 @@ cleanup() {
     exit "$status"
 }
 trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
+trap 'say "interrupted: stopping the container"; exit 130' INT
+trap 'say "terminated: stopping the container"; exit 143' TERM
 mount -t tmpfs -o mode=0700 kantata-systemd-check "$WORK"
 # systemd-nspawn keeps its propagation directories here; a tmpfs keeps them off the host.
 mkdir -p /run/systemd/nspawn
