@@ -30,7 +30,10 @@ DEFAULT_PAUSE = 1.0
 OFFSET_SAMPLES = 64
 """Recent clock-offset samples kept; the window follows slow drift between clocks."""
 LATE_TOLERANCE = 0.005
-"""Seconds a shared slot may be late before it is given up."""
+"""Seconds a shared slot may be late before it is given up (or half a spacing, if more)."""
+MAX_SKIPS = 3
+"""Late slots one acquire gives up before it takes a late one: a process that always wakes
+late (a loaded host) still sends, one request a wake-up, never a burst."""
 GOOD_ROUND_TRIP = 0.002
 """A clock sample whose round trip took longer than this may be off by as much."""
 CLOCK_RETRIES = 5
@@ -190,6 +193,7 @@ class SharedRateLimiter:
         self._clock = clock
         self._slots: deque[float] = deque()
         self._rate = self.budget
+        self._spacing = 1.0 / self.budget if self.budget > 0 else 0.0
         self._pending_throttle: float | None = None
         self._low_water = 0
         self._offsets: deque[float] = deque(maxlen=OFFSET_SAMPLES)
@@ -213,24 +217,31 @@ class SharedRateLimiter:
     async def acquire(self) -> float:
         started = self._clock()
         async with self._lock:
+            skipped = 0
             while True:
-                slot = await self._next_slot()
+                slot = await self._next_slot(late_ok=skipped >= MAX_SKIPS)
                 wait = slot - self._clock()
                 if wait > 0:
                     await self._sleep(wait)
                 await self._throttler.acquire()
-                if self._clock() - slot <= LATE_TOLERANCE:
+                if skipped >= MAX_SKIPS or self._clock() - slot <= self._tolerance():
                     break
                 # The loop woke late (it was busy, or the process was not scheduled): this
                 # slot's time is gone, and sending now would crowd the next holder's.
+                skipped += 1
                 self.skipped += 1
         return self._clock() - started
 
-    async def _next_slot(self) -> float:
-        """The next slot not already past: a late slot is skipped, never sent late.
+    def _tolerance(self) -> float:
+        return max(LATE_TOLERANCE, 0.5 * self._spacing)
+
+    async def _next_slot(self, *, late_ok: bool = False) -> float:
+        """The next slot not already past: a late slot is skipped, not sent late.
 
         Sending late would push this worker's requests into the time other workers were
-        given, and the server's one-second window would see more than the budget.
+        given, and the server's one-second window would see more than the budget. After
+        :data:`MAX_SKIPS` (``late_ok``), the latest of the past slots is taken: one late
+        request, which uses a slot reserved for it, where the skipped ones went unused.
         """
         while True:
             if len(self._slots) <= self._low_water and self._refilling is None:
@@ -244,7 +255,10 @@ class SharedRateLimiter:
                 await asyncio.shield(self._refilling)
                 continue
             slot = self._slots.popleft()
-            if slot >= self._clock() - LATE_TOLERANCE:
+            now = self._clock()
+            if slot >= now - self._tolerance():
+                return slot
+            if late_ok and (not self._slots or self._slots[0] > now):
                 return slot
             self.skipped += 1
 
@@ -278,6 +292,7 @@ class SharedRateLimiter:
                 sample = await self._source(0, None)
                 offset = self._offset(sample)
             self._calibrated = True
+        self._spacing = block.spacing
         self._note_rate(1.0 / block.spacing)
         self._slots.extend(block.first + i * block.spacing - offset for i in range(block.count))
 

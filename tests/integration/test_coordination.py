@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import sqlite3
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -129,6 +130,20 @@ async def test_postgres_notifies_idle_workers_of_new_changes(pg_database_url: st
         await engine.dispose()
 
 
-async def test_sqlite_has_no_notifications(sqlite_store: Store) -> None:
+async def test_on_sqlite_an_insert_by_another_connection_sets_the_event(
+    sqlite_store: Store,
+) -> None:
     async with Coordinator(sqlite_store.engine).notifications() as wake:
-        assert wake is None
+        assert wake is not None
+        await asyncio.sleep(0.2)
+        assert not wake.is_set()  # nothing happened: nothing to wake for
+        producer = sqlite3.connect(str(sqlite_store.engine.url.database), timeout=5)
+        try:
+            with producer:
+                producer.execute(
+                    "INSERT INTO sync_changes (workspace_id, kind, payload) "
+                    "VALUES (3, 'status_change', '{\"to_status_key\": 310}')"
+                )
+        finally:
+            producer.close()
+        await asyncio.wait_for(wake.wait(), timeout=2)

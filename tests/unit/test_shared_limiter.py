@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 
 import pytest
 
@@ -163,3 +164,24 @@ async def test_a_slow_first_clock_sample_is_replaced_by_a_quick_one() -> None:
     assert limiter._slots[0] == pytest.approx(100.0 + 0.001)  # placed by the quick sample
     await limiter._refill()
     assert calls == [10, 0, 0, 10]  # calibrated once: later blocks need no extra readings
+
+
+async def test_a_process_that_always_wakes_late_still_sends_and_never_bursts() -> None:
+    """Every sleep overshoots by 25 ms at a 10 ms spacing (a loaded host): without a way
+    out, every slot would be given up and nothing ever sent."""
+    clock = FakeClock()
+
+    async def sleep(seconds: float) -> None:
+        clock.now += seconds + 0.025
+
+    source = GatedSource(clock, spacing=0.01)
+    limiter = SharedRateLimiter(100 / 0.98, source, block_seconds=0.1, clock=clock, sleep=sleep)
+    sent: list[float] = []
+    for _ in range(30):
+        await asyncio.wait_for(limiter.acquire(), timeout=1)
+        sent.append(clock.now)
+    # Never more sends than slots handed out, and never two in the same instant.
+    handed_out = source.next_first - 100.0
+    assert len(sent) <= round(handed_out / 0.01)
+    assert all(b > a for a, b in itertools.pairwise(sent))
+    assert limiter.skipped > 0
