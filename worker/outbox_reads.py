@@ -99,7 +99,9 @@ class OutboxReader:
         ``since``: only those with a change that succeeded at or after it. ``limit``: at most
         this many workspaces in all. Keyset pages, so memory stays flat however many there are.
         """
-        where: list[sa.ColumnElement[bool]] = [c.state == State.SUCCEEDED]
+        # ``state || ''`` keeps the planners off the state index: walking the workspace index
+        # in order finds the next chunk without sorting every succeeded row (as in claims.py).
+        where: list[sa.ColumnElement[bool]] = [c.state.concat("") == State.SUCCEEDED]
         if workspaces:
             where.append(c.workspace_id.in_(sorted(set(workspaces))))
         if since is not None:
