@@ -156,7 +156,7 @@ def test_plan_run_verify_repair(cli: Cli) -> None:
 
 
 def test_unreadable_and_rejected_token_exit_codes(cli: Cli) -> None:
-    sandbox = start_sandbox("--workspaces", "5")
+    sandbox = start_sandbox("--workspaces", "5", "--request-log", "0")
     try:
         api = {"KANTATA_SYNC_API_BASE_URL": sandbox.url, "KANTATA_SYNC_TOKEN": TOKEN}
         assert cli("db", "upgrade").returncode == 0
@@ -172,6 +172,7 @@ def test_unreadable_and_rejected_token_exit_codes(cli: Cli) -> None:
         assert (row["workspace_id"], row["finding"], row["field"]) == ("2", "unreadable", "")
         assert "could not be read after retries" in unreadable.stderr
 
+        assert control(sandbox, "requests") == {"requests": []}  # --request-log 0
         control(sandbox, "faults", {})
         rejected = cli("verify", env={**env, "KANTATA_SYNC_TOKEN": "not-the-token"})
         assert rejected.returncode == EXIT_TOKEN

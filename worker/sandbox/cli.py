@@ -193,6 +193,13 @@ async def serve(config: SandboxConfig, host: str, port: int) -> None:
     show_default=True,
     help="Serve the /__sandbox__/ inspection and control routes.",
 )
+@_option(
+    "--request-log",
+    type=click.IntRange(min=0),
+    default=10_000,
+    show_default=True,
+    help="Keep the latest N API requests for GET /__sandbox__/requests (0: keep none).",
+)
 def sandbox(
     host: str,
     port: int,
@@ -214,8 +221,9 @@ def sandbox(
     burst_seconds: float,
     seed: int | None,
     inspect: bool,
+    request_log: int,
 ) -> None:
-    """Serve a local Kantata OX sandbox (PUT/GET /workspaces/{id}, POST
+    """Serve a local Kantata OX sandbox (GET /workspaces, PUT/GET /workspaces/{id}, POST
     /workspace_status_changes) with auth, a strict rate limit and fault injection."""
     try:
         faults = FaultConfig(
@@ -240,6 +248,7 @@ def sandbox(
             retry_after=retry_after,
             faults=faults,
             inspect=inspect,
+            request_log=request_log,
         )
     except ConfigError as error:
         raise click.UsageError(str(error)) from None
