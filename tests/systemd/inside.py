@@ -210,12 +210,12 @@ def exit_log(unit: str) -> list[str]:
     return [line for line in EXIT_LOG.read_text().splitlines() if line.startswith(f"unit={unit} ")]
 
 
-def probe_findings() -> dict[str, Any]:
-    """The hardening probe's latest line in the daemon's journal."""
+def probe_findings(unit: str = DAEMON) -> dict[str, Any]:
+    """The hardening probe's latest line in the unit's journal."""
     prefix = "systemd-check-probe "
-    lines = [line for line in journal(DAEMON) if line.startswith(prefix)]
+    lines = [line for line in journal(unit) if line.startswith(prefix)]
     if not lines:
-        raise Failed("the hardening probe (ExecStartPre=) printed nothing")
+        raise Failed(f"the hardening probe (ExecStartPre=) of {unit} printed nothing")
     findings: dict[str, Any] = json.loads(lines[-1].removeprefix(prefix))
     return findings
 
@@ -388,8 +388,8 @@ def check_credential() -> str:
     )
 
 
-def check_hardening() -> str:
-    found = probe_findings()
+def judge_probe(found: dict[str, Any]) -> None:
+    """Failed unless the probe saw every hardening option do its part."""
     imported = found["extensions"]["imported"]
     failed = found["extensions"]["failed"]
     expect(not failed, f"C extensions failed to import: {failed}")
@@ -416,6 +416,12 @@ def check_hardening() -> str:
     }
     wrong = {key: found[key] for key, want in expected.items() if not found[key].startswith(want)}
     expect(not wrong, f"the hardening did not do as expected: {wrong}")
+
+
+def check_hardening() -> str:
+    found = probe_findings()
+    judge_probe(found)
+    imported = found["extensions"]["imported"]
     props = show(
         DAEMON,
         "MainPID",
@@ -577,6 +583,7 @@ def check_timer() -> str:
     for row in report():
         states[row["state"]] = states.get(row["state"], 0) + 1
     expect(set(states) == {"succeeded"}, f"the outbox after the timer's run: {states}")
+    judge_probe(probe_findings(ONESHOT))  # the same hardening holds in the oneshot
     finished = [e for e in events(ONESHOT) if e.get("event") == "run.finished"]
     expect(finished, "no run.finished in kantata-sync.service's journal")
     published = TEXTFILE_DIR / "kantata-sync.prom"
@@ -588,7 +595,8 @@ def check_timer() -> str:
         f"{time.monotonic() - started:.1f} s after `systemctl enable --now` ({took:.1f} s): "
         f"exit 0 (ExecStopPost= saw EXIT_CODE=exited EXIT_STATUS=0), workspace 8 retitled, "
         f"all {states['succeeded']} changes succeeded (earlier leftovers too), metrics "
-        f"published to {published} (0644); the timer waits for its next run"
+        f"published to {published} (0644); the timer waits for its next run; the hardening "
+        f"probe found the same in the oneshot as in the daemon"
     )
 
 
