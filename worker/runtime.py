@@ -138,9 +138,7 @@ async def assemble(settings: Settings, *, metrics: Metrics | None = None) -> Asy
 async def refresh_queue_metrics(store: Store, metrics: Metrics) -> dict[str, int]:
     """Set the queue gauges from the outbox; return the counts per state."""
     counts = await store.counts()
-    for state, count in counts.items():
-        metrics.queue_depth.labels(state).set(count)
     oldest = await store.oldest_pending()
     age = (datetime.now(UTC) - oldest).total_seconds() if oldest is not None else 0.0
-    metrics.oldest_pending.set(max(age, 0.0))
+    metrics.queue(counts, age)
     return counts

@@ -88,10 +88,16 @@ def test_enqueue_run_status_report_end_to_end(cli: Cli, sandbox_process: Sandbox
         310,
     )
     metrics = textfile.read_text()
-    assert 'kantata_sync_http_requests_total{code="200",endpoint="PUT /workspaces/{id}"} 1.0' in (
-        metrics
-    )
-    assert 'kantata_sync_queue_depth{state="failed"} 1.0' in metrics
+    assert (
+        'kantata_sync_http_requests_total{code="200",method="PUT",route="/workspaces/{id}"} 1.0'
+    ) in metrics
+    assert 'kantata_sync_outbox_finished_changes{state="failed"} 1.0' in metrics
+    assert 'kantata_sync_queue_depth{state="pending"} 0.0' in metrics
+    assert 'kantata_sync_queue_depth{state="failed"}' not in metrics  # a final state is no queue
+    assert 'kantata_sync_build_info{version="' in metrics
+    # Only kantata-sync's own series: node_exporter has process_* of its own.
+    assert all(line.startswith(("#", "kantata_sync_")) for line in metrics.splitlines()), metrics
+    assert "_created" not in metrics
     assert TOKEN not in metrics
 
 

@@ -7,6 +7,7 @@ which turns the skip into a failure.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shlex
@@ -15,6 +16,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+import yaml
 
 from .conftest import KANTATA_SYNC, Cli
 
@@ -201,3 +203,44 @@ def test_the_timer_run_publishes_its_metrics_for_node_exporter(tmp_path: Path) -
     assert sorted(p.name for p in textfiles.iterdir()) == ["kantata-sync.prom"]
     assert (textfiles / "kantata-sync.prom").read_text() == "kantata_sync_retries_total 3.0\n"
     assert (textfiles / "kantata-sync.prom").stat().st_mode & 0o777 == 0o644
+
+
+RUNBOOKS = "https://github.com/kantata-sync/kantata-sync/blob/main/deploy/OPERATIONS.md"
+
+
+def test_every_alert_links_its_runbook_in_operations_md() -> None:
+    """Each runbook_url is the heading named after the alert (GitHub's anchor: lower case)."""
+    rules = yaml.safe_load((DEPLOY / "prometheus" / "kantata-sync.rules.yml").read_text())
+    alerts = [rule for group in rules["groups"] for rule in group["rules"] if "alert" in rule]
+    assert len(alerts) == 5
+    for rule in alerts:
+        assert rule["annotations"]["runbook_url"] == f"{RUNBOOKS}#{rule['alert'].lower()}"
+
+
+def test_the_dashboard_queries_are_valid_promql(tmp_path: Path) -> None:
+    """promtool parses each panel's expression, as a recording rule, with Grafana's variables
+    given values."""
+    promtool = tool("promtool")
+    dashboard = json.loads((DEPLOY / "grafana" / "kantata-sync.json").read_text())
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p.get("targets", [])]
+    assert len(exprs) >= 10
+    rules = [
+        {
+            "record": f"dashboard:expr_{i}",
+            "expr": expr.replace("$__rate_interval", "5m")
+            .replace("$job", ".+")
+            .replace("$instance", ".+"),
+        }
+        for i, expr in enumerate(exprs)
+    ]
+    path = tmp_path / "dashboard.rules.yml"
+    path.write_text(yaml.safe_dump({"groups": [{"name": "dashboard", "rules": rules}]}))
+    result = subprocess.run(
+        [promtool, "check", "rules", str(path)],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"SUCCESS: {len(exprs)} rules found" in result.stdout

@@ -64,7 +64,8 @@ def requests_total(text: str) -> dict[tuple[str, str], int]:
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
             if sample.name == "kantata_sync_http_requests_total" and sample.value:
-                counts[sample.labels["endpoint"], sample.labels["code"]] = int(sample.value)
+                endpoint = f"{sample.labels['method']} {sample.labels['route']}"
+                counts[endpoint, sample.labels["code"]] = int(sample.value)
     return counts
 
 

@@ -116,7 +116,7 @@ def requests_by_endpoint_and_code(text: str) -> dict[tuple[str, str], int]:
     for (name, labels), value in samples(text).items():
         if name == "kantata_sync_http_requests_total" and value:
             label = dict(labels)
-            counts[label["endpoint"], label["code"]] = int(value)
+            counts[f"{label['method']} {label['route']}", label["code"]] = int(value)
     return counts
 
 
@@ -182,9 +182,12 @@ async def test_serve_syncs_and_its_metrics_equal_what_the_sandbox_saw(
                     key = (label["state"], label["outcome"] or None)
                     counted[key] = counted.get(key, 0) + value
             assert counted == finished
-            assert metric(text, "kantata_sync_queue_depth", state="succeeded") == sum(
-                1 for r in rows.values() if r["state"] == State.SUCCEEDED
-            )
+            for state in ("succeeded", "failed"):
+                assert metric(text, "kantata_sync_outbox_finished_changes", state=state) == sum(
+                    1 for r in rows.values() if r["state"] == state
+                )
+                assert ("kantata_sync_queue_depth", (("state", state),)) not in samples(text)
+            assert ("kantata_sync_queue_depth", (("state", "pending"),)) in samples(text)
             assert metric(text, "kantata_sync_queue_depth", state="pending") == 0
             assert metric(text, "kantata_sync_oldest_pending_age_seconds") == 0
             assert metric(text, "kantata_sync_last_success_timestamp_seconds") > time.time() - 60
