@@ -42,6 +42,7 @@ from .health import (
 from .logging import get_logger
 from .runtime import refresh_queue_metrics
 from .sdnotify import Notifier
+from .statuspage import StatusSource
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,6 +157,7 @@ class Daemon:
                     self.metrics,
                     self.health,
                     self.probe,
+                    status=StatusSource(self.store, (self.settings.api_token(),)),
                 )
                 self.url = await listener.start()
                 self.log.info("serve.listening", url=self.url)

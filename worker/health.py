@@ -1,5 +1,8 @@
-"""What ``serve`` tells the outside world over HTTP: ``/metrics``, ``/healthz`` and ``/readyz``.
+"""What ``serve`` tells the outside world over HTTP: ``/``, ``/metrics``, ``/healthz``, ``/readyz``.
 
+- ``/``: a read-only status page drawn from the database (:mod:`worker.statuspage`), when the
+  listener was given a :class:`~worker.statuspage.StatusSource`: self-contained HTML, served
+  with a Content-Security-Policy that allows no script and nothing from elsewhere.
 - ``/metrics``: the process's Prometheus registry (text format, or OpenMetrics when asked).
 - ``/healthz``: 200 while the serve loop has ticked recently, else 503. Liveness only: a
   database outage or a rejected token does not make the process unhealthy (restarting it
@@ -8,8 +11,8 @@
   worker's last heartbeat could write to it, and the last run did not end with the token
   rejected; otherwise 503 with the reasons in the body.
 
-The listener binds to loopback by default; it serves nothing secret, but nothing that needs
-to be public either.
+The listener binds to loopback by default; it serves nothing secret (the page masks the API
+token in anything the database holds), but nothing that needs to be public either.
 """
 
 from __future__ import annotations
@@ -29,6 +32,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from . import db as dbmod
 from .exceptions import ConfigError, DatabaseError
 from .metrics import Metrics
+from .statushtml import CONTENT_SECURITY_POLICY, render_error_page, render_status_page
+from .statuspage import StatusSource
 
 DEFAULT_HTTP_HOST = "127.0.0.1"
 DEFAULT_HTTP_PORT = 9464
@@ -113,7 +118,8 @@ class DatabaseProbe:
 
 
 class HttpListener:
-    """The aiohttp server for ``/metrics``, ``/healthz`` and ``/readyz``."""
+    """The aiohttp server for ``/`` (with a ``status`` source), ``/metrics``, ``/healthz``
+    and ``/readyz``."""
 
     def __init__(
         self,
@@ -122,17 +128,22 @@ class HttpListener:
         metrics: Metrics,
         health: HealthState,
         probe: DatabaseProbe,
+        *,
+        status: StatusSource | None = None,
     ) -> None:
         self.host = host
         self.port = port
         self.metrics = metrics
         self.health = health
         self.probe = probe
+        self.status = status
         self.url = ""
         self._runner: web.AppRunner | None = None
 
     def app(self) -> web.Application:
         app = web.Application()
+        if self.status is not None:
+            app.router.add_get("/", self._status_page)
         app.router.add_get("/metrics", self._metrics)
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/readyz", self._readyz)
@@ -168,9 +179,21 @@ class HttpListener:
         return self.url
 
     async def stop(self) -> None:
+        if self.status is not None:
+            await self.status.close()
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
+
+    async def _status_page(self, request: web.Request) -> web.Response:
+        assert self.status is not None
+        secrets = self.status.secrets
+        try:
+            data = await self.status.gather(self.health.activity)
+        except (DatabaseError, TimeoutError) as exc:
+            problem = str(exc) or f"database did not answer within {self.status.timeout:g} s"
+            return _html(render_error_page(problem, secrets=secrets), 503)
+        return _html(render_status_page(data, secrets=secrets), 200)
 
     async def _metrics(self, request: web.Request) -> web.Response:
         encoder, content_type = choose_encoder(request.headers.get("Accept", ""))
@@ -206,6 +229,21 @@ async def readiness_problems(health: HealthState, probe: DatabaseProbe) -> list[
     if health.token_problem is not None:
         reasons.append(f"token: {health.token_problem}")
     return reasons
+
+
+def _html(page: str, status: int) -> web.Response:
+    return web.Response(
+        text=page,
+        status=status,
+        content_type="text/html",
+        charset="utf-8",
+        headers={
+            "Content-Security-Policy": CONTENT_SECURITY_POLICY,
+            "X-Content-Type-Options": "nosniff",
+            "Referrer-Policy": "no-referrer",
+            "Cache-Control": "no-store",
+        },
+    )
 
 
 def _json(body: dict[str, Any], status: int) -> web.Response:
