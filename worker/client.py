@@ -1,5 +1,8 @@
 """The Kantata OX client: the requests kantata-sync makes, over one aiohttp session.
 
+What each request is (:mod:`worker.endpoints`) and how an answer's envelope is read
+(:mod:`worker.envelopes`) live apart from the transport; their names are re-exported here.
+
 Every request carries the Bearer token, a JSON body and a User-Agent with the version. Any HTTP
 answer comes back as an :class:`~worker.outcomes.ApiResponse` for the pure classifier to judge;
 no usable answer raises :class:`~worker.exceptions.TransportError`: none at all, or a body over
@@ -13,10 +16,8 @@ from __future__ import annotations
 
 import functools
 import json
-import math
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
@@ -28,156 +29,38 @@ from yarl import URL
 from . import USER_AGENT
 from .changes import JSONObject
 from .config import token_problem
-from .exceptions import ConfigError, ProtocolError, TransportError, TransportKind
+from .endpoints import (
+    GET_WORKSPACE,
+    GET_WORKSPACES,
+    MAX_PER_PAGE,
+    POST_STATUS_CHANGE,
+    PUT_WORKSPACE,
+    RequestSpec,
+    list_query,
+    list_request,
+    read_back_request,
+    status_change_request,
+    update_request,
+)
+from .envelopes import (
+    WorkspacePage,
+    primary_objects,
+    status_key_of,
+    workspace_page,
+    workspace_snapshot,
+)
+from .exceptions import ConfigError, TransportError, TransportKind
 from .logging import REDACTED
 from .outcomes import ApiResponse, cap_message, parse_retry_after
 
 JSON = "application/json"
 URL_CACHE_SIZE = 4096
-PUT_WORKSPACE = "PUT /workspaces/{id}"
-POST_STATUS_CHANGE = "POST /workspace_status_changes"
-GET_WORKSPACE = "GET /workspaces/{id}"
-GET_WORKSPACES = "GET /workspaces"
-MAX_PER_PAGE = 200
-"""The most workspaces the index route returns in one page (Kantata's documented maximum)."""
 DEFAULT_MAX_BODY_BYTES = 4 * 1024 * 1024
 READ_CHUNK = 64 * 1024
 MIN_REDACTED_TOKEN = 8
 """A shorter token is not masked in answers: it would mask ordinary words."""
 ORJSON_MAX_BYTES = 1024 * 1024
 """Bodies over this parse with ``json``: orjson briefly takes ~12 times a long string's size."""
-
-
-@dataclass(frozen=True, slots=True)
-class RequestSpec:
-    """A request as it goes on the wire: method, target after the base URL (query included),
-    JSON body. ``plan`` prints these; the client sends exactly these."""
-
-    endpoint: str
-    method: str
-    target: str
-    body: JSONObject | None = None
-
-
-def update_request(workspace_id: int, fields: JSONObject) -> RequestSpec:
-    """``PUT /workspaces/{id}`` with ``{"workspace": fields}``."""
-    return RequestSpec(PUT_WORKSPACE, "PUT", f"/workspaces/{workspace_id}", {"workspace": fields})
-
-
-def status_change_request(workspace_id: int, to_status_key: int) -> RequestSpec:
-    """``POST /workspace_status_changes``, including the workspace to read its new state."""
-    body = {
-        "workspace_status_change": {"workspace_id": workspace_id, "to_status_key": to_status_key}
-    }
-    return RequestSpec(
-        POST_STATUS_CHANGE, "POST", "/workspace_status_changes?include=workspace", body
-    )
-
-
-def read_back_request(workspace_id: int) -> RequestSpec:
-    """``GET /workspaces/{id}``: the read-back that proves a status is in place."""
-    return RequestSpec(GET_WORKSPACE, "GET", f"/workspaces/{workspace_id}")
-
-
-def list_query(
-    ids: Sequence[int],
-    *,
-    include_custom_fields: bool,
-    include_archived: bool,
-    page: int = 1,
-    per_page: int = MAX_PER_PAGE,
-) -> list[tuple[str, str]]:
-    """The query of ``GET /workspaces`` for these IDs (at most :data:`MAX_PER_PAGE`)."""
-    if not ids or len(ids) > MAX_PER_PAGE:
-        raise ValueError(f"between 1 and {MAX_PER_PAGE} workspace IDs a request, not {len(ids)}")
-    query = [("only", ",".join(str(int(i)) for i in ids)), ("per_page", str(per_page))]
-    if page != 1:
-        query.append(("page", str(page)))
-    if include_archived:
-        query.append(("include_archived", "true"))
-    if include_custom_fields:
-        query.append(("include", "custom_field_values"))
-    return query
-
-
-def list_request(
-    ids: Sequence[int],
-    *,
-    include_custom_fields: bool,
-    include_archived: bool,
-    page: int = 1,
-    per_page: int = MAX_PER_PAGE,
-) -> RequestSpec:
-    """``GET /workspaces?only=…``: up to 200 workspaces by ID; unknown IDs are skipped."""
-    query = list_query(
-        ids,
-        include_custom_fields=include_custom_fields,
-        include_archived=include_archived,
-        page=page,
-        per_page=per_page,
-    )
-    target = "/workspaces?" + "&".join(f"{k}={v}" for k, v in query)
-    return RequestSpec(GET_WORKSPACES, "GET", target)
-
-
-@dataclass(frozen=True, slots=True)
-class WorkspacePage:
-    """One page of ``GET /workspaces``: the workspaces by ID, their custom field values by
-    custom field ID, and where the page stands among the pages."""
-
-    workspaces: dict[int, JSONObject]
-    custom_field_values: dict[int, dict[int, JSONObject]]
-    page_number: int
-    page_count: int
-
-    @property
-    def more(self) -> bool:
-        """Whether later pages hold more of the requested workspaces."""
-        return self.page_number < self.page_count
-
-
-def workspace_page(body: JSONObject | None) -> WorkspacePage:
-    """Parse a ``GET /workspaces`` answer; :class:`ProtocolError` if it is not the envelope.
-
-    Workspaces come from the ``results`` array; each one's custom field values are found
-    through its ``custom_field_value_ids`` in the top-level ``custom_field_values`` map.
-    """
-    workspaces: dict[int, JSONObject] = {}
-    values: dict[int, dict[int, JSONObject]] = {}
-    value_table = body.get("custom_field_values") if isinstance(body, dict) else None
-    for workspace in primary_objects(body):
-        ident = _int_or_none(workspace.get("id"))
-        if ident is None:
-            raise ProtocolError("a listed workspace has no usable id")
-        workspaces[ident] = workspace
-        ids = workspace.get("custom_field_value_ids")
-        if isinstance(ids, list) and isinstance(value_table, dict):
-            mine: dict[int, JSONObject] = {}
-            for value_id in ids:
-                value = value_table.get(str(value_id))
-                field_id = (
-                    _int_or_none(value.get("custom_field_id")) if isinstance(value, dict) else None
-                )
-                if isinstance(value, dict) and field_id is not None:
-                    mine[field_id] = value
-            values[ident] = mine
-    assert isinstance(body, dict)  # primary_objects checked it
-    meta = body.get("meta")
-    meta = meta if isinstance(meta, dict) else {}
-    page_number = _int_or_none(meta.get("page_number")) or 1
-    page_count = _int_or_none(meta.get("page_count")) or page_number
-    return WorkspacePage(workspaces, values, page_number, page_count)
-
-
-def _int_or_none(value: Any) -> int | None:
-    """An ID as Kantata writes it (a string of digits, or an integer), else None."""
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int):
-        return value
-    if isinstance(value, str) and value.isascii() and value.isdigit():
-        return int(value)
-    return None
 
 
 class KantataClient:
@@ -437,86 +320,6 @@ def _loads(raw: bytes) -> Any:
         return json.loads(raw)
     except (ValueError, RecursionError, MemoryError):
         return None
-
-
-def primary_objects(body: JSONObject | None) -> list[JSONObject]:
-    """The objects the ``results`` array points at, in order (the documented envelope)."""
-    if not isinstance(body, dict) or not isinstance(body.get("results"), list):
-        raise ProtocolError("response has no results array")
-    objects = []
-    for ref in body["results"]:
-        if not isinstance(ref, dict):
-            raise ProtocolError("results entry is not an object")
-        key, ident = ref.get("key"), ref.get("id")
-        table = body.get(key) if isinstance(key, str) else None
-        ident = str(ident) if isinstance(ident, str | int) and not isinstance(ident, bool) else None
-        if not isinstance(table, dict) or ident not in table:
-            where = cap_message(f"{_scalar(key)}/{ident}", 200)
-            raise ProtocolError(f"results points at {where}, which the response lacks")
-        objects.append(table[ident])
-    return objects
-
-
-def _scalar(value: Any) -> Any:
-    """``value`` if it prints short and safely, else its type's name (nested JSON can't)."""
-    return value if isinstance(value, str | int | float | bool) or value is None else "…"
-
-
-def workspace_snapshot(body: JSONObject | None, workspace_id: int) -> JSONObject | None:
-    """The workspace's ``status`` and ``updated_at`` as returned, for the change's result.
-
-    Only plain values are kept (strings capped, numbers finite): whatever else an odd answer
-    nests there could not be stored.
-    """
-    if not isinstance(body, dict):
-        return None
-    workspaces = body.get("workspaces")
-    workspace = workspaces.get(str(workspace_id)) if isinstance(workspaces, dict) else None
-    if not isinstance(workspace, dict):
-        return None
-    snapshot: JSONObject = {}
-    status = workspace.get("status")
-    if isinstance(status, dict):
-        snapshot["status"] = {
-            cap_message(k): _plain(v) for k, v in status.items() if _plain(v) is not _DROP
-        }
-    updated_at = _plain(workspace.get("updated_at"))
-    if updated_at is not None and updated_at is not _DROP:
-        snapshot["updated_at"] = updated_at
-    return snapshot
-
-
-_DROP = object()
-
-
-def _plain(value: Any) -> Any:
-    """A JSON scalar as it can be stored (a long string capped), or ``_DROP``."""
-    if isinstance(value, str):
-        return cap_message(value)
-    if isinstance(value, float) and not math.isfinite(value):
-        return _DROP
-    if value is None or isinstance(value, bool | int | float):
-        return value
-    return _DROP
-
-
-def status_key_of(body: JSONObject | None, workspace_id: int) -> int | None:
-    """The workspace's current ``status.key`` from a GET, or None when absent or not a key."""
-    snapshot = workspace_snapshot(body, workspace_id)
-    status = snapshot.get("status") if snapshot else None
-    key = status.get("key") if isinstance(status, dict) else None
-    if isinstance(key, bool):
-        return None
-    if isinstance(key, int):
-        return key
-    if isinstance(key, float):
-        return int(key) if key.is_integer() else None
-    if isinstance(key, str):
-        try:
-            return int(key)
-        except ValueError:
-            return None
-    return None
 
 
 __all__ = [

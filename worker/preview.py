@@ -6,7 +6,7 @@ own :func:`~worker.claims.whole_prefixes`); each claimed row through
 :func:`~worker.intake.admit` (bad ones become ``invalid`` with their reason) and
 :func:`~worker.intake.plans_of` (coalescing, and at most one status change of a workspace per
 claim: the rest goes back and is taken by a later claim, once the workspace is free again). Each
-step becomes the request the client sends (:mod:`worker.client`'s request builders).
+step becomes the request the client sends (:mod:`worker.endpoints`).
 
 The run's timing is modelled simply: claims follow one another while changes are claimable, and
 the workspaces they took are free again once nothing else is. What ``plan`` cannot know:
@@ -31,7 +31,7 @@ from dataclasses import dataclass
 
 from .changes import Change, ClaimedRow
 from .claims import CLAIM_LOOKAHEAD, whole_prefixes
-from .client import RequestSpec, read_back_request, status_change_request, update_request
+from .endpoints import RequestSpec, read_back_request, status_change_request, update_request
 from .exceptions import InputError
 from .intake import admit, plans_of
 from .planner import PutStep, Step

@@ -21,10 +21,12 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from .changes import JSONObject
-from .client import MAX_PER_PAGE, KantataClient, WorkspacePage, workspace_page
+from .client import KantataClient
 from .config import Settings
 from .desired import DesiredState, fold_all
 from .drift import Drift, Finding, compare, repair_changes
+from .endpoints import MAX_PER_PAGE
+from .envelopes import WorkspacePage, workspace_page
 from .exceptions import InputError, ProtocolError, TokenRejected, TransportError
 from .logging import get_logger
 from .outbox_reads import OutboxReader
