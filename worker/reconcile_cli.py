@@ -13,6 +13,7 @@ import sys
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
+from enum import StrEnum
 
 import click
 
@@ -32,6 +33,16 @@ from .verify import VerifyOptions, VerifyStats, WorkspaceReader, enqueue_repairs
 
 EXIT_DRIFT = 1
 EXIT_UNREADABLE = 6
+
+
+class Ended(StrEnum):
+    """How a verification ended."""
+
+    DONE = "done"
+    TOKEN_REJECTED = "token_rejected"
+    """Kantata answered 401: nothing more could be read."""
+
+
 DATE_FORMATS = ["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%dT%H:%M:%S%z"]
 
 
@@ -115,7 +126,7 @@ def verify_command(
     run_id = uuid.uuid4().hex[:12]
     stats = VerifyStats()
     outcome = run_async(lambda: _verify(settings, options, fmt, repair, run_id, stats))
-    if outcome == "token_rejected":
+    if outcome is Ended.TOKEN_REJECTED:
         fail(EXIT_TOKEN, "the API token was rejected (401); nothing was verified after it")
     click.echo(f"kantata-sync: verify {run_id}: {_summary(stats)}", err=True)
     if stats.unreadable:
@@ -145,7 +156,7 @@ async def _verify(
     repair: bool,
     run_id: str,
     stats: VerifyStats,
-) -> str:
+) -> Ended:
     token = settings.api_token()
     log = get_logger().bind(verify_run=run_id)
     async with open_store(settings) as store:
@@ -188,7 +199,7 @@ async def _verify(
                 else:
                     await write_drift(findings(), fmt, sys.stdout, finish)
             except TokenRejected:
-                return "token_rejected"
+                return Ended.TOKEN_REJECTED
             finally:
                 await limiter.settle()
         log.info("verify.finished", **stats.to_json())
@@ -204,7 +215,7 @@ async def _verify(
                 ),
                 err=True,
             )
-    return "done"
+    return Ended.DONE
 
 
 COMMANDS = (plan, verify_command)
