@@ -17,10 +17,10 @@ from html import escape
 from typing import Any
 
 from .charts import Series, horizontal_bars, legend, meter, number, stacked_bars
+from .logging import REDACTED
 from .render import REPORT_COLUMNS
 from .statuspage import ReportSummary, StatusData, Throughput
 
-REDACTED = "[REDACTED]"
 STATE_COLORS = {
     "pending": "#4e79a7",
     "in_flight": "#f28e2b",
