@@ -5,11 +5,12 @@ from __future__ import annotations
 import contextlib
 import os
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import asyncpg
 import pytest
+import structlog
 
 from worker import db as dbmod
 from worker.store import Store
@@ -19,6 +20,15 @@ PG_ADMIN_URL = os.environ.get(
 )
 REQUIRE_POSTGRES = os.environ.get("KANTATA_SYNC_REQUIRE_POSTGRES") == "1"
 _pg_state: dict[str, str | None] = {}
+
+
+@pytest.fixture(autouse=True)
+def _fresh_structlog() -> Iterator[None]:
+    """Each test starts from structlog's defaults, whatever an earlier test configured (a
+    command run in-process configures logging at its level)."""
+    structlog.reset_defaults()
+    yield
+    structlog.reset_defaults()
 
 
 async def _pg_unavailable() -> str | None:

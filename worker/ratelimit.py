@@ -223,8 +223,9 @@ class SharedRateLimiter:
                 wait = slot - self._clock()
                 if wait > 0:
                     await self._sleep(wait)
-                await self._throttler.acquire()
                 if skipped >= MAX_SKIPS or self._clock() - slot <= self._tolerance():
+                    # The local guard counts requests sent, not slots given up.
+                    await self._throttler.acquire()
                     break
                 # The loop woke late (it was busy, or the process was not scheduled): this
                 # slot's time is gone, and sending now would crowd the next holder's.
