@@ -154,7 +154,7 @@ def check_runs(
 
 def test_postgres_restarts_mid_run(cli: Cli, fault_db: str, cluster: PgCluster) -> None:
     """Two fast restarts (each well under a second) are ridden out: both runs finish."""
-    sandbox, work, env = prepare(cli, fault_db, rounds=2, budget=60)
+    sandbox, work, env = prepare(cli, fault_db, rounds=2, budget=100)
     workers: list[Worker] = []
     try:
         started = time.monotonic()
@@ -189,7 +189,7 @@ def test_postgres_restarts_mid_run(cli: Cli, fault_db: str, cluster: PgCluster) 
 
 def test_postgres_down_for_20_seconds(cli: Cli, fault_db: str, cluster: PgCluster) -> None:
     """A 20 s outage: a run finishes or gives up with the outage as its cause."""
-    sandbox, work, env = prepare(cli, fault_db, rounds=2, budget=60)
+    sandbox, work, env = prepare(cli, fault_db, rounds=2, budget=100)
     workers: list[Worker] = []
     try:
         started = time.monotonic()

@@ -17,7 +17,8 @@ nothing and changed no result after its leases were taken over (and logged ``lea
 and it exited cleanly in bounded time.
 
 The victim's PostgreSQL sessions are found by ``application_name = 'kantata-sync/<name>'`` and,
-for a worker that does not set it, by their client ports.
+for a worker that does not set it, by their client ports; each test also checks that every
+session of the victim carries that name.
 """
 
 from __future__ import annotations
@@ -193,6 +194,16 @@ async def _freeze_outside_transaction(url: str, victim: Worker, what: str) -> Fr
     raise AssertionError(f"the victim was always inside a transaction; wanted it {what}")
 
 
+async def _session_names(url: str, victim: Worker) -> set[str]:
+    """The ``application_name`` of each of the victim's sessions (found by client port)."""
+    conn = await asyncpg.connect(url)
+    try:
+        _ports.pop(victim.pid, None)
+        return {s["application_name"] for s in await _sessions(conn, victim)}
+    finally:
+        await conn.close()
+
+
 def _wait_for(predicate: Callable[[], bool], what: str, timeout: float = CATCH_TIMEOUT) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -217,7 +228,6 @@ def freeze_in_claim(url: str, sandbox: SandboxProcess, victim: Worker) -> Frozen
     The test takes the claims' advisory lock itself, so the victim's next claim waits for it
     inside its transaction; frozen there, the victim's backend gets the lock and keeps it.
     """
-    _wait_for(lambda: _held(url, victim.name) > 0, "the victim's first claim")
 
     async def hold(conn: asyncpg.Connection) -> bool:
         await conn.execute("SELECT pg_advisory_lock($1::bigint)", CLAIM_LOCK_KEY)
@@ -276,7 +286,7 @@ def freeze_in_write_back(url: str, sandbox: SandboxProcess, victim: Worker) -> F
 
 
 def freeze_after_claim(url: str, sandbox: SandboxProcess, victim: Worker) -> Frozen:
-    _wait_for(lambda: _held(url, victim.name) > 0, "the victim's first claim")
+    """Frozen as soon as its first claim is committed (before the others even start)."""
     return asyncio.run(_freeze_outside_transaction(url, victim, "right after its first claim"))
 
 
@@ -300,7 +310,7 @@ def run_stall(
     pg_url: str,
     freeze: Callable[[str, SandboxProcess, Worker], Frozen],
     *,
-    victim_first: bool = False,
+    before_the_others: bool = False,
 ) -> None:
     sandbox = start_sandbox("--workspaces", str(WORKSPACES), "--rate-limit", str(BUDGET * 10))
     workers: list[Worker] = []
@@ -322,17 +332,21 @@ def run_stall(
         enqueued = cli("enqueue", "-f", "changes.jsonl", env=env)
         assert enqueued.returncode == 0, enqueued.stderr
         started = time.monotonic()
+        # The victim starts first and claims first, so that it surely holds changes: started
+        # together, three workers can claim every workspace before the fourth asks.
         victim = Worker.start("victim", env, cli.cwd)
         workers.append(victim)
+        _wait_for(lambda: _held(pg_url, victim.name) > 0, "the victim's first claim")
         survivors: list[Worker] = []
-        if not victim_first:
+        if not before_the_others:
             survivors = [Worker.start(f"survivor{i}", env, cli.cwd) for i in range(SURVIVORS)]
             workers += survivors
         frozen = freeze(pg_url, sandbox, victim)
         assert victim.frozen_at is not None
-        if victim_first:
+        if before_the_others:
             survivors = [Worker.start(f"survivor{i}", env, cli.cwd) for i in range(SURVIVORS)]
             workers += survivors
+        names = asyncio.run(_session_names(pg_url, victim))
         held = _held(pg_url, victim.name)
         session = frozen.session
         print(
@@ -347,6 +361,11 @@ def run_stall(
         )
 
         problems: list[str] = []
+        if names != {victim.application_name}:
+            problems.append(
+                f"the victim's sessions are not named {victim.application_name!r} in "
+                f"pg_stat_activity: {sorted(names)}"
+            )
         still_running = wait_all(survivors, FLEET_BOUND)
         last_exit = max(w.exited_at or time.monotonic() for w in survivors)
         fleet_time = round(last_exit - victim.frozen_at, 1)
@@ -431,7 +450,7 @@ def test_frozen_inside_a_claim_transaction(cli: Cli, pg_url: str) -> None:
 
 def test_frozen_between_claim_and_send(cli: Cli, pg_url: str) -> None:
     """Frozen holding a claim it has not sent: once thawed it must send none of it."""
-    run_stall(cli, pg_url, freeze_after_claim, victim_first=True)
+    run_stall(cli, pg_url, freeze_after_claim, before_the_others=True)
 
 
 def test_frozen_with_requests_in_flight(cli: Cli, pg_url: str) -> None:
@@ -442,35 +461,3 @@ def test_frozen_with_requests_in_flight(cli: Cli, pg_url: str) -> None:
 def test_frozen_during_write_back(cli: Cli, pg_url: str) -> None:
     """Frozen inside the write-back transaction, holding its rows' locks."""
     run_stall(cli, pg_url, freeze_in_write_back)
-
-
-def test_worker_sessions_carry_the_worker_name(cli: Cli, pg_url: str) -> None:
-    """Every session of a worker says ``kantata-sync/<name>`` in pg_stat_activity."""
-    sandbox = start_sandbox("--workspaces", "10", "--latency-ms", "200")
-    worker = None
-    try:
-        write_workload(cli.cwd / "changes.jsonl", 10, 2)  # about 4 s of work
-        env = worker_env(
-            cli.env, pg_url, sandbox, KANTATA_SYNC_CONCURRENCY="2", KANTATA_SYNC_RATE_LIMIT="100"
-        )
-        assert cli("db", "upgrade", env=env).returncode == 0
-        assert cli("enqueue", "-f", "changes.jsonl", env=env).returncode == 0
-        worker = Worker.start("named-worker", env, cli.cwd)
-        _wait_for(lambda: bool(worker.named("http.attempt")), "the worker's first request")
-
-        async def sessions() -> list[asyncpg.Record]:
-            conn = await asyncpg.connect(pg_url)
-            try:
-                return await _sessions(conn, worker)
-            finally:
-                await conn.close()
-
-        found = asyncio.run(sessions())
-        assert found, "no session of the worker found in pg_stat_activity"
-        names = {s["application_name"] for s in found}
-        assert names == {"kantata-sync/named-worker"}, names
-        assert worker.wait(60) == 0, worker.tail()
-    finally:
-        if worker is not None:
-            worker.kill()
-        stop(sandbox.process)
