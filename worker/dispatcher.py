@@ -387,9 +387,11 @@ class Dispatcher:
             if halt.is_set():
                 self._release_steps(workspace_plan.steps[index:])
                 return
-            if not all(change.id in self.leases for change in step.changes):
+            if not all(self.leases.holds(c.id, c.lease_token) for c in step.changes):
+                # Its lease was lost (the workspace is in other hands now), or this worker
+                # claimed the change again since (a new plan carries it): this one is stale.
                 self._release_steps(workspace_plan.steps[index:])
-                return  # its lease was lost: the workspace is in other hands now
+                return
             bind_contextvars(change_id=step.changes[-1].id)
             try:
                 keep_going = await self.steps.run(step)

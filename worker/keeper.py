@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterable
 from datetime import datetime
 from typing import Any
 
+from .changes import Lease
 from .coordination import Coordinator
 from .exceptions import DatabaseError
 from .leases import LeaseBook
@@ -97,14 +98,14 @@ class LeaseKeeper:
         if lost:
             self.on_lost(lost)
 
-    async def confirm(self, change_ids: Iterable[int]) -> bool:
-        """Whether the leases of ``change_ids`` may be sent under now; re-validates if needed.
+    async def confirm(self, leases: Iterable[Lease | int]) -> bool:
+        """Whether ``leases`` (or change IDs) may be sent under now; re-validates if needed.
 
         Called right before a request leaves. Past the deadline, the leases are checked (and
         extended) in the database; if that fails or any lease was taken over, nothing may be
         sent, and the caller hands the step back.
         """
-        ids = list(change_ids)
+        ids = list(leases)
         if not self.book.stale(ids, self.monotonic()):
             return True
         async with self._confirming:  # one re-validation serves every step waiting on it
@@ -112,7 +113,11 @@ class LeaseKeeper:
                 try:
                     await self.beat()
                 except DatabaseError as exc:
-                    self.log.warning("lease.unconfirmed", change_ids=ids, error=str(exc))
+                    self.log.warning(
+                        "lease.unconfirmed",
+                        change_ids=[i if isinstance(i, int) else i.change_id for i in ids],
+                        error=str(exc),
+                    )
                     return False
         return not self.book.stale(ids, self.monotonic())
 

@@ -94,10 +94,26 @@ class LeaseBook:
     def hold(self, lease: Lease, since: float) -> None:
         self._held[lease.change_id] = _Held(lease, since)
 
-    def forget(self, change_id: int) -> Lease | None:
-        """Stop holding a change (its result is decided); return its lease if it was held."""
-        held = self._held.pop(change_id, None)
-        return held.lease if held is not None else None
+    def holds(self, change_id: int, token: int | None = None) -> bool:
+        """Whether this worker holds ``change_id`` (under ``token``, when given).
+
+        The token matters: when a worker's own lease expired (a long database outage) and its
+        next claim took the change again, the plan that still carries the old token is stale
+        and must neither send nor settle anything.
+        """
+        held = self._held.get(change_id)
+        return held is not None and (token is None or held.lease.token == token)
+
+    def forget(self, change_id: int, token: int | None = None) -> Lease | None:
+        """Stop holding a change (its result is decided); return its lease if it was held.
+
+        With ``token``, only the lease of that claim is forgotten, never a later one.
+        """
+        held = self._held.get(change_id)
+        if held is None or (token is not None and held.lease.token != token):
+            return None
+        del self._held[change_id]
+        return held.lease
 
     release = forget
     """Hand a change back; the caller returns the lease to the queue."""
@@ -125,16 +141,26 @@ class LeaseBook:
         if self.alive_since is None or since > self.alive_since:
             self.alive_since = since
 
-    def deadline(self, change_id: int) -> float:
-        """When the lease of ``change_id`` must be re-validated (minus infinity if not held)."""
+    def deadline(self, change_id: int, token: int | None = None) -> float:
+        """When the lease of ``change_id`` must be re-validated (minus infinity if not held,
+        or held under another ``token``)."""
         held = self._held.get(change_id)
-        if held is None:
+        if held is None or (token is not None and held.lease.token != token):
             return -math.inf
         return send_deadline(self.terms, held.since, self.alive_since)
 
-    def stale(self, change_ids: Iterable[int], now: float) -> list[int]:
-        """Which of ``change_ids`` may not be sent at ``now`` without re-validation."""
-        return [change_id for change_id in change_ids if not self.deadline(change_id) > now]
+    def stale(self, leases: Iterable[Lease | int], now: float) -> list[int]:
+        """Which of ``leases`` (or change IDs) may not be sent at ``now`` without
+        re-validation; a lease whose token is no longer the one held is always stale."""
+        stale = []
+        for lease in leases:
+            if isinstance(lease, int):
+                change_id, token = lease, None
+            else:
+                change_id, token = lease.change_id, lease.token
+            if not self.deadline(change_id, token) > now:
+                stale.append(change_id)
+        return stale
 
     def clear(self) -> list[Lease]:
         """Drop every lease; return them (to be handed back)."""

@@ -43,12 +43,12 @@ class Ledger:
     def hold(self, lease: Lease, since: float) -> None:
         self.book.hold(lease, since)
 
-    def holds(self, change_id: int) -> bool:
-        return change_id in self.book
+    def holds(self, change_id: int, token: int | None = None) -> bool:
+        return self.book.holds(change_id, token)
 
     def finish(self, result: Result, *, kind: str) -> None:
         """A final result: the lease is done with, the result goes to the buffer and counts."""
-        self.book.forget(result.change_id)
+        self.book.forget(result.change_id, result.lease_token)
         self.buffer.result(result)
         state = result.state
         if state is State.SUCCEEDED:
@@ -65,7 +65,7 @@ class Ledger:
 
     def retry(self, result: Result) -> None:
         """The change goes back to pending with its attempt counted and its retry time."""
-        self.book.forget(result.change_id)
+        self.book.forget(result.change_id, result.lease_token)
         self.buffer.result(result)
         self.stats.retried += 1
         self.metrics.retries.inc()
@@ -91,15 +91,19 @@ class Ledger:
             kind=str(row.kind) if isinstance(row.kind, str) else "unknown",
         )
 
-    def release(self, change_ids: Iterable[int]) -> None:
-        """Hand unsent changes back to the queue untouched (no attempt), at the next flush."""
-        for change_id in change_ids:
-            lease = self.book.release(change_id)
-            if lease is not None:
+    def release(self, leases: Iterable[Lease]) -> None:
+        """Hand unsent changes back to the queue untouched (no attempt), at the next flush.
+
+        Only the leases of these claims: a change claimed again since keeps its newer lease.
+        """
+        for lease in leases:
+            if self.book.release(lease.change_id, lease.token) is not None:
                 self.buffer.release(lease)
 
     def release_steps(self, steps: Iterable[Step]) -> None:
-        self.release(change_id for step in steps for change_id in step.change_ids)
+        self.release(
+            Lease(change.id, change.lease_token) for step in steps for change in step.changes
+        )
 
     def lost(self, change_ids: list[int]) -> None:
         """Leases found taken over (by a heartbeat, a re-validation or a fenced write)."""

@@ -17,7 +17,7 @@ from datetime import datetime
 from typing import Any
 
 from .breaker import CircuitBreaker
-from .changes import AttemptRecord, Kind, Outcome, Result, State
+from .changes import AttemptRecord, Kind, Lease, Outcome, Result, State
 from .client import (
     GET_WORKSPACE,
     POST_STATUS_CHANGE,
@@ -65,7 +65,7 @@ class StepRunner:
         breaker: CircuitBreaker,
         metrics: Metrics,
         ledger: Ledger,
-        confirm: Callable[[Iterable[int]], Awaitable[bool]],
+        confirm: Callable[[Iterable[Lease]], Awaitable[bool]],
         halted: Callable[[], bool],
         rng: random.Random,
         clock: Callable[[], datetime],
@@ -164,8 +164,13 @@ class StepRunner:
             raise StepAbandoned(f"{endpoint} not sent: the run is stopping")
         # The last moment before the request leaves: is the lease still surely ours? A worker
         # that was frozen (or waited out a database outage) wakes past its deadline here.
-        if not await self.confirm(step.change_ids):
-            lost = [cid for cid in step.change_ids if not self.ledger.holds(cid)]
+        leases = [Lease(change.id, change.lease_token) for change in step.changes]
+        if not await self.confirm(leases):
+            lost = [
+                lease.change_id
+                for lease in leases
+                if not self.ledger.holds(lease.change_id, lease.token)
+            ]
             raise LeaseLost(
                 f"{endpoint} not sent: the lease of change(s) "
                 f"{', '.join(map(str, lost or step.change_ids))} could not be confirmed"
@@ -284,10 +289,10 @@ class StepRunner:
         """Shutdown cut this step off. A request that left may have landed: retry it later
         (a status change is read back first). One that never left goes back uncharged."""
         if not request_started.get():
-            self.ledger.release(step.change_ids)
+            self.ledger.release_steps([step])
             return
         for change in step.changes:
-            if self.ledger.book.forget(change.id) is None:
+            if self.ledger.book.forget(change.id, change.lease_token) is None:
                 continue
             self.ledger.buffer.result(
                 Result(
@@ -312,7 +317,7 @@ class StepRunner:
             exc_info=exc,
         )
         for change in step.changes:
-            if not self.ledger.holds(change.id):
+            if not self.ledger.holds(change.id, change.lease_token):
                 continue
             self.metrics.internal_errors.inc()
             self.ledger.finish(

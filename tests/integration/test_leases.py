@@ -65,7 +65,7 @@ async def worker(
     monotonic: Callable[[], float] | None = None,
     **overrides: Any,
 ) -> AsyncIterator[Dispatcher]:
-    settings = fast_settings(sandbox, lease_seconds=LEASE, **overrides)
+    settings = fast_settings(sandbox, **{"lease_seconds": LEASE, **overrides})
     async with KantataClient(
         settings.api_base_url, settings.api_token(), timeout=settings.request_timeout
     ) as client:
@@ -205,3 +205,55 @@ async def test_a_heartbeat_that_stays_dead_ends_the_run_with_its_error(
     # What the run held went back to the queue; nothing is left in flight.
     assert "in_flight" not in {r["state"] for r in rows.values()}
     assert {r["state"] for r in rows.values()} <= {"succeeded", "pending"}
+
+
+class Clock:
+    """A wall clock the test can move forward."""
+
+    def __init__(self) -> None:
+        self.offset = timedelta(0)
+
+    def __call__(self) -> datetime:
+        return datetime.now(UTC) + self.offset
+
+
+async def test_a_plan_whose_change_this_worker_claimed_again_is_stale(
+    store: Store, sandbox_factory: Any
+) -> None:
+    """The worker's own lease expires while a plan waits (a long database outage); its next
+    claim takes the change again, with a newer one, and sends them. The old plan, still
+    holding the old token, must send nothing when its turn comes, even while the newer
+    plan's request is still on its way."""
+    await store.enqueue([update(1, title="old")])
+    clock = Clock()
+    running: list[Dispatcher] = []
+
+    async def meanwhile() -> None:
+        await store.enqueue([update(1, title="new")])
+        clock.offset = timedelta(seconds=3 * 30)  # past the lease: the next claim reclaims
+        for _ in range(500):  # until the other worker task's request for the newer plan is out
+            if running[0].steps.sending:
+                return
+            await asyncio.sleep(0.01)
+        raise AssertionError("the newer plan was never sent")
+
+    async with (
+        sandbox_factory(faults=FaultConfig(latency_ms=300)) as sandbox,
+        worker(
+            store,
+            sandbox,
+            "outage",
+            limiter=StallingLimiter(meanwhile),
+            clock=clock,
+            concurrency=2,
+            lease_seconds=30,
+        ) as outage,
+    ):
+        running.append(outage)
+        report = await asyncio.wait_for(outage.run(), timeout=30)
+        title = sandbox.state.workspaces[1].to_json()["title"]
+        sent = sandbox.state.stats.count()
+    assert title == "new"  # not overwritten by the stale "old"
+    assert sent == report.stats.requests == 1
+    rows = await all_rows(store)
+    assert {r["state"] for r in rows.values()} == {"succeeded"}
