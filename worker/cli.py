@@ -12,12 +12,13 @@ import json
 import os
 import signal
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO
 
 import click
 
-from . import __version__, queue_cli, reconcile_cli
+from . import __version__, history_cli, queue_cli, reconcile_cli
 from . import db as dbmod
 from .changes import NewChange, RunEnding, RunReport, State
 from .clitools import (
@@ -35,6 +36,7 @@ from .progress import progress_bar
 from .runtime import assemble, named, open_store, refresh_queue_metrics
 from .sandbox.cli import sandbox
 from .sdnotify import Notifier, watchdog_interval
+from .supersede import SupersedeResult, enqueue_superseding
 from .validation import parse_line
 
 
@@ -62,6 +64,8 @@ main.add_command(sandbox)
 for _command in queue_cli.COMMANDS:
     main.add_command(_command)
 for _command in reconcile_cli.COMMANDS:
+    main.add_command(_command)
+for _command in history_cli.COMMANDS:
     main.add_command(_command)
 
 
@@ -100,14 +104,25 @@ def db_upgrade(ctx: click.Context, /) -> None:
     required=True,
     help="JSON Lines file of changes, or - for standard input.",
 )
+@click.option(
+    "--supersede",
+    is_flag=True,
+    help="Replace the failed, invalid or cancelled change holding each line's source_ref.",
+)
 @click.pass_context
-def enqueue(ctx: click.Context, /, source: IO[str]) -> None:
+def enqueue(ctx: click.Context, /, source: IO[str], supersede: bool) -> None:
     """Validate and insert changes, one JSON object a line.
 
     Each line has the producer columns of sync_changes, for example
     {"workspace_id": 12, "kind": "status_change", "payload": {"to_status_key": 310},
     "source_ref": "crm-991"}. Good lines are inserted in one transaction; every bad line is
     reported with its number and reason, and the exit code is 1 if any line was bad.
+
+    With --supersede, a line whose source_ref a failed, invalid or cancelled change holds
+    replaces it: the old change keeps its history, gives its source_ref to the new one and
+    points at it (superseded_by). A pending, in-flight or succeeded holder is not replaced
+    (the line is rejected), and every line needs a source_ref. `report --format jsonl` writes
+    lines in this form.
     """
     settings = settings_of(ctx)
     good: list[tuple[int, NewChange]] = []
@@ -138,6 +153,25 @@ def enqueue(ctx: click.Context, /, source: IO[str]) -> None:
                 continue
             seen[change.source_ref] = number
         good.append((number, change))
+
+    if supersede:
+        operator = queue_cli.operator_name()
+
+        async def _replace() -> SupersedeResult:
+            async with open_store(settings) as store:
+                return await enqueue_superseding(store.engine, good, operator, datetime.now(UTC))
+
+        result = run_async(_replace) if good else SupersedeResult([], {}, [])
+        for number, reason in sorted(result.rejected):
+            click.echo(f"line {number}: {reason}", err=True)
+        bad += len(result.rejected)
+        click.echo(
+            f"enqueued {len(result.ids)} change(s), {len(result.replaced)} superseding earlier "
+            f"ones; {bad} line(s) rejected"
+        )
+        if bad:
+            sys.exit(EXIT_INPUT)
+        return
 
     async def _go() -> tuple[list[int], list[int]]:
         async with open_store(settings) as store:

@@ -60,6 +60,8 @@ class Settings(BaseModel):
     worker_name: str | None = None
     db_retry_seconds: float = Field(default=30.0, ge=0, le=3600)
     """How long a worker rides out a database it cannot use before it ends the run."""
+    retention_days: int | None = Field(default=None, ge=1, le=36_500)
+    """``serve`` prunes terminal changes, their attempts and runs older than this, daily."""
 
     @field_validator("token", mode="before")
     @classmethod

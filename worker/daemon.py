@@ -40,6 +40,7 @@ from .health import (
     HttpListener,
 )
 from .logging import get_logger
+from .retention import prune_daily
 from .runtime import refresh_queue_metrics
 from .sdnotify import Notifier
 from .statuspage import StatusSource
@@ -168,6 +169,9 @@ class Daemon:
             try:
                 await dispatcher.register("serve")
                 background.append(asyncio.create_task(self._idle_heartbeat(dispatcher)))
+                if self.settings.retention_days is not None:  # prune at start, then daily
+                    days = self.settings.retention_days
+                    background.append(asyncio.create_task(prune_daily(self.store.engine, days)))
                 if self.options.watchdog_interval is not None:
                     interval = self.options.watchdog_interval
                     background.append(asyncio.create_task(self._watchdog(interval)))

@@ -68,6 +68,8 @@ sync_changes = sa.Table(
     sa.Column("result", sa.Text, nullable=True),
     sa.Column("updated_at", UTCDateTime, nullable=True),
     sa.Column("completed_at", UTCDateTime, nullable=True),
+    sa.Column("superseded_by", sa.BigInteger, nullable=True),
+    sa.Column("operator_note", sa.Text, nullable=True),
     sa.CheckConstraint(
         "state IN ('pending', 'in_flight', 'succeeded', 'failed', 'invalid', 'cancelled')",
         name="ck_sync_changes_state",
@@ -76,6 +78,8 @@ sync_changes = sa.Table(
     sa.Index("ix_sync_changes_workspace_state_id", "workspace_id", "state", "id"),
     sa.Index("ix_sync_changes_lease_expires_at", "lease_expires_at"),
     sa.Index("ix_sync_changes_next_attempt_at", "next_attempt_at"),
+    sa.Index("ix_sync_changes_superseded_by", "superseded_by"),
+    sa.Index("ix_sync_changes_merged_into_id", "merged_into_id"),
     sqlite_autoincrement=True,
 )
 
@@ -113,6 +117,7 @@ sync_runs = sa.Table(
     sa.Column("retried", sa.Integer, nullable=False, server_default="0"),
     sa.Column("requests", sa.Integer, nullable=False, server_default="0"),
     sa.Column("duration_s", sa.Float, nullable=True),
+    sa.Index("ix_sync_runs_started_at", "started_at"),
 )
 
 sync_workers = sa.Table(

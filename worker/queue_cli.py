@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
+import getpass
 import json
+import os
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from typing import Any
@@ -13,11 +16,19 @@ from . import render
 from .changes import State
 from .clitools import run_async, settings_of
 from .coordination import Coordinator
-from .queries import Filters
+from .queries import Filters, note_line
 from .runtime import open_store
 
 DEAD_AFTER = 30.0
 """Seconds without a heartbeat after which ``status`` counts a worker as dead."""
+
+
+def operator_name() -> str:
+    """Who is running this command, for ``operator_note``: the OS user name, else the UID."""
+    try:
+        return getpass.getuser()
+    except (OSError, KeyError):
+        return f"uid {os.getuid()}"
 
 
 @click.command()
@@ -90,7 +101,14 @@ def filters_of(
 
 
 @click.command()
-@click.option("--format", "fmt", type=click.Choice(["table", "json", "csv"]), default="table")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["table", "json", "csv", "jsonl"]),
+    default="table",
+    help="jsonl: one change a line as enqueue reads it (producer columns only; superseded "
+    "changes left out), for `enqueue --supersede -f -`.",
+)
 @click.option("--limit", type=click.IntRange(min=1), help="At most this many rows.")
 @filter_options
 @click.pass_context
@@ -98,6 +116,8 @@ def report(ctx: click.Context, /, fmt: str, limit: int | None, **filter_args: An
     """One row per change: what was asked, what happened, and Kantata's error if any."""
     settings = settings_of(ctx)
     filters = filters_of(**filter_args)
+    if fmt == "jsonl":
+        filters = dataclasses.replace(filters, superseded=False)
 
     async def _go() -> None:
         async with open_store(settings) as store:
@@ -109,18 +129,28 @@ def report(ctx: click.Context, /, fmt: str, limit: int | None, **filter_args: An
 def _transition_command(name: str, doc: str) -> click.Command:
     @click.command(name, help=doc)
     @click.option("--dry-run", is_flag=True, help="Print what would change; change nothing.")
+    @click.option(
+        "--reason",
+        help="Why; kept in operator_note with your user name and the time.",
+    )
     @filter_options
     @click.pass_context
-    def command(ctx: click.Context, /, dry_run: bool, **filter_args: Any) -> None:
+    def command(
+        ctx: click.Context, /, dry_run: bool, reason: str | None, **filter_args: Any
+    ) -> None:
         settings = settings_of(ctx)
         filters = filters_of(**filter_args)
         if not filters.where():
             raise click.UsageError(f"{name} needs at least one filter (--state, --id, ...)")
+        operator = operator_name()
 
         async def _go() -> list[int]:
             async with open_store(settings) as store:
                 method = store.retry if name == "retry" else store.cancel
-                return await method(filters, datetime.now(UTC), dry_run)
+                now = datetime.now(UTC)
+                action = "retried" if name == "retry" else "cancelled"
+                note = note_line(action, operator, reason, now)
+                return await method(filters, now, dry_run, note)
 
         ids = run_async(_go)
         verb = (
@@ -132,7 +162,10 @@ def _transition_command(name: str, doc: str) -> click.Command:
 
 
 retry = _transition_command(
-    "retry", "Put failed, invalid or cancelled changes back to pending, attempts reset."
+    "retry",
+    "Put failed, invalid or cancelled changes back to pending: attempts reset, the last "
+    "answer's status, error and result cleared (the attempt log keeps them). A change another "
+    "has superseded is left alone.",
 )
 cancel = _transition_command("cancel", "Cancel pending changes so that they are never sent.")
 COMMANDS = (status, report, retry, cancel)

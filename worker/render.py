@@ -1,4 +1,9 @@
-"""How ``status`` and ``report`` print: rich tables on a terminal, JSON or CSV for scripts."""
+"""How ``status``, ``report``, ``show`` and ``runs`` print: rich tables, or JSON, CSV, JSON Lines.
+
+``report --format jsonl`` writes what ``enqueue`` reads back: the producer columns alone, the
+payload as an object, so that ``report --format jsonl --state failed``, edited, goes back in
+with ``enqueue --supersede -f -``.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +15,8 @@ from datetime import datetime
 from typing import Any
 
 from .coordination import WorkerInfo
+from .explain import Explanation
+from .history import ChangeHistory
 
 REPORT_COLUMNS = (
     "id",
@@ -26,8 +33,24 @@ REPORT_COLUMNS = (
     "merged_into_id",
     "created_at",
     "updated_at",
+    "completed_at",
+    "payload",
+    "last_request_id",
+    "superseded_by",
+    "operator_note",
 )
-TABLE_HIDES = frozenset({"created_at", "updated_at", "merged_into_id"})
+TABLE_HIDES = frozenset(
+    {
+        "created_at",
+        "updated_at",
+        "merged_into_id",
+        "completed_at",
+        "payload",
+        "superseded_by",
+        "operator_note",
+    }
+)
+PRODUCER_COLUMNS = ("workspace_id", "kind", "payload", "source_ref")
 
 
 def console() -> Any:
@@ -38,7 +61,38 @@ def console() -> Any:
 
 def plain(value: Any) -> Any:
     """A value as JSON and CSV carry it."""
-    return value.isoformat() if isinstance(value, datetime) else value
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, bytes):
+        return value.decode("utf-8", errors="replace")
+    return value
+
+
+def payload_value(text: Any) -> Any:
+    """A stored payload as JSON carries it: the object it holds, or the text if it holds none."""
+    text = plain(text)
+    if not isinstance(text, str):
+        return text
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def json_row(row: dict[str, Any]) -> dict[str, Any]:
+    """A report row for ``--format json``."""
+    return {k: payload_value(row[k]) if k == "payload" else plain(row[k]) for k in REPORT_COLUMNS}
+
+
+def enqueue_line(row: dict[str, Any]) -> str:
+    """A report row as one line ``enqueue`` reads: the producer columns only."""
+    record = {
+        k: payload_value(row[k]) if k == "payload" else plain(row[k])
+        for k in ("workspace_id", "kind", "payload")
+    }
+    if row.get("source_ref") is not None:
+        record["source_ref"] = plain(row["source_ref"])
+    return json.dumps(record, ensure_ascii=False)
 
 
 def status_data(
@@ -104,7 +158,7 @@ def print_status(data: dict[str, Any]) -> None:
 
 
 async def write_report(rows: AsyncIterator[dict[str, Any]], fmt: str) -> None:
-    """Stream the report's rows to stdout as a table, JSON or CSV."""
+    """Stream the report's rows to stdout as a table, JSON, JSON Lines or CSV."""
     out = sys.stdout
     if fmt == "csv":
         writer: csv.DictWriter[str] = csv.DictWriter(out, REPORT_COLUMNS, extrasaction="ignore")
@@ -112,12 +166,16 @@ async def write_report(rows: AsyncIterator[dict[str, Any]], fmt: str) -> None:
         async for row in rows:
             writer.writerow({k: plain(row[k]) for k in REPORT_COLUMNS})
         return
+    if fmt == "jsonl":
+        async for row in rows:
+            out.write(enqueue_line(row) + "\n")
+        return
     if fmt == "json":
         out.write("[")
         first = True
         async for row in rows:
             out.write("\n  " if first else ",\n  ")
-            out.write(json.dumps({k: plain(row[k]) for k in REPORT_COLUMNS}))
+            out.write(json.dumps(json_row(row)))
             first = False
         out.write("\n]\n" if not first else "]\n")
         return
@@ -128,10 +186,171 @@ async def write_report(rows: AsyncIterator[dict[str, Any]], fmt: str) -> None:
     for column in shown:
         table.add_column(column, overflow="fold")
     async for row in rows:
-        table.add_row(*("" if row[k] is None else str(row[k]) for k in shown))
+        table.add_row(*(_cell(row[k]) for k in shown))
     console().print(table)
 
 
 def id_list(ids: list[int], shown: int = 50) -> str:
     text = ", ".join(str(i) for i in ids[:shown])
     return text + (f", ... ({len(ids) - shown} more)" if len(ids) > shown else "")
+
+
+# -- show and runs ---------------------------------------------------------------------------
+
+
+def show_data(history: ChangeHistory, why: Explanation | None) -> dict[str, Any]:
+    """What ``show`` shows, as one JSON-ready object."""
+    change = {key: plain(value) for key, value in history.change.items()}
+    change["payload"] = payload_value(change["payload"])
+    if change.get("result") is not None:
+        change["result"] = payload_value(change["result"])
+    note = change.get("operator_note")
+    return {
+        "change": change,
+        "why_not_sent": None
+        if why is None
+        else {
+            "why": str(why.why),
+            "message": why.message,
+            "until": plain(why.until),
+            "change_id": why.change_id,
+            "worker": why.worker,
+        },
+        "operator_notes": note.splitlines() if isinstance(note, str) else [],
+        "supersedes": history.predecessors,
+        "superseded_by": change.get("superseded_by"),
+        "merged_into_id": change.get("merged_into_id"),
+        "carried": history.carried,
+        "attempts": [
+            {
+                "attempted_at": plain(a["attempted_at"]),
+                "run_id": a["run_id"],
+                "endpoint": a["endpoint"],
+                "http_status": a["http_status"],
+                "duration_ms": a["duration_ms"],
+                "error_type": a["error_type"],
+                "error_message": a["error_message"],
+                "request_id": a["request_id"],
+                "change_ids": sorted(int(i) for i in str(a["change_ids"]).split(",") if i),
+            }
+            for a in history.attempts
+        ],
+        "runs": [runs_row(run) for run in history.runs],
+    }
+
+
+def runs_row(run: dict[str, Any]) -> dict[str, Any]:
+    return {key: plain(value) for key, value in run.items()}
+
+
+def _cell(value: Any) -> Any:
+    """A table cell shown as it is: brackets in an error message are not rich markup."""
+    from rich.text import Text
+
+    return Text("" if value is None else str(plain(value)))
+
+
+def print_show(data: dict[str, Any]) -> None:
+    from rich.table import Table
+    from rich.text import Text
+
+    change = data["change"]
+    out = console()
+    ref = f" ({change['source_ref']})" if change.get("source_ref") else ""
+    out.print(Text(f"change {change['id']}{ref}", style="bold"))
+    facts = Table.grid(padding=(0, 2))
+    facts.add_column(style="dim")
+    facts.add_column(overflow="fold")
+    outcome = f" / {change['outcome']}" if change.get("outcome") else ""
+    rows: list[tuple[str, Any]] = [
+        ("workspace", change["workspace_id"]),
+        ("kind", change["kind"]),
+        ("state", f"{change['state']}{outcome}"),
+        ("payload", json.dumps(change["payload"], ensure_ascii=False)),
+        ("attempts", change["attempts"]),
+        ("created", change["created_at"]),
+        ("updated", change.get("updated_at")),
+        ("completed", change.get("completed_at")),
+        ("next attempt", change.get("next_attempt_at")),
+        (
+            "lease",
+            change.get("lease_owner")
+            and f"{change['lease_owner']} until {change.get('lease_expires_at')}",
+        ),
+    ]
+    if change.get("http_status") is not None or change.get("error_type"):
+        error = " ".join(str(change[k]) for k in ("http_status", "error_type") if change.get(k))
+        field = f" (field {change['error_field']})" if change.get("error_field") else ""
+        rows.append(("last answer", f"{error}: {change.get('error_message') or ''}{field}"))
+    if change.get("result") is not None:
+        rows.append(("result", json.dumps(change["result"], ensure_ascii=False)))
+    if data["why_not_sent"] is not None:
+        rows.append(("why not sent", data["why_not_sent"]["message"]))
+    if data["supersedes"]:
+        rows.append(("supersedes", ", ".join(str(i) for i in data["supersedes"])))
+    rows.append(("superseded by", data["superseded_by"]))
+    rows.append(("merged into", data["merged_into_id"]))
+    if data["carried"]:
+        rows.append(("carried", id_list(data["carried"])))
+    for label, value in rows:
+        if value is not None and value != "":
+            facts.add_row(label, _cell(value))
+    for note in data["operator_notes"]:
+        facts.add_row("operator", _cell(note))
+    out.print(facts)
+    if not data["attempts"]:
+        out.print("attempts: none (no request has carried it)")
+        return
+
+    attempts = Table(title=f"attempts ({len(data['attempts'])})", title_justify="left")
+    for column in ("time", "run", "endpoint", "status", "ms", "error", "request id", "with"):
+        attempts.add_column(column, overflow="fold")
+    for a in data["attempts"]:
+        error = " ".join(str(a[k]) for k in ("error_type", "error_message") if a[k])
+        others = [i for i in a["change_ids"] if i != change["id"]]
+        attempts.add_row(
+            _cell(a["attempted_at"]),
+            _cell(a["run_id"]),
+            _cell(a["endpoint"]),
+            _cell(a["http_status"]),
+            _cell(f"{a['duration_ms']:.0f}" if a["duration_ms"] is not None else ""),
+            _cell(error),
+            _cell(a["request_id"]),
+            _cell(id_list(others, 10)),
+        )
+    out.print(attempts)
+    if data["runs"]:
+        out.print(runs_table(data["runs"], title="runs that carried it"))
+
+
+RUN_TABLE = (
+    ("id", "id"),
+    ("worker", "worker"),
+    ("command", "command"),
+    ("started", "started_at"),
+    ("finished", "finished_at"),
+    ("ended", "ended_because"),
+    ("claimed", "claimed"),
+    ("ok", "succeeded"),
+    ("failed", "failed"),
+    ("invalid", "invalid"),
+    ("retried", "retried"),
+    ("requests", "requests"),
+    ("seconds", "duration_s"),
+)
+
+
+def runs_table(runs: list[dict[str, Any]], title: str | None = None) -> Any:
+    from rich.table import Table
+
+    table = Table(title=title, title_justify="left")
+    for header, _ in RUN_TABLE:
+        numeric = header in {"claimed", "ok", "failed", "invalid", "retried", "requests", "seconds"}
+        table.add_column(header, justify="right" if numeric else "left", overflow="fold")
+    for run in runs:
+        table.add_row(*(_cell(run[key]) for _, key in RUN_TABLE))
+    return table
+
+
+def print_runs(runs: list[dict[str, Any]]) -> None:
+    console().print(runs_table(runs))
