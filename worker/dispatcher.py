@@ -49,6 +49,8 @@ from .ledger import Ledger
 from .logging import get_logger
 from .metrics import Metrics
 from .planner import Step, WorkspacePlan
+from .proofs import split_for_proof
+from .prover import BulkProver
 from .ratelimit import Limiter, RateLimiter
 from .steps import StepRunner
 from .store import Store
@@ -128,7 +130,9 @@ class Dispatcher:
         self._halt = asyncio.Event()
         self._hungry = asyncio.Event()
         self._queued = 0
-        """Changes in the plans waiting in the queue."""
+        """Changes in the plans waiting in the queue (or for their bulk read-back)."""
+        self._proofs: set[asyncio.Task[None]] = set()
+        """Bulk read-backs under way (:mod:`worker.prover`)."""
         self._token_rejected: TokenRejected | None = None
         self._fatal: SyncError | None = None
 
@@ -246,9 +250,13 @@ class Dispatcher:
                     continue
                 claimed = await self._ride(self._claim)
                 if claimed:
+                    ready, proving = split_for_proof(claimed)
                     for workspace_plan in claimed:
-                        queue.put_nowait(workspace_plan)
                         self._queued += _size(workspace_plan)
+                    for workspace_plan in ready:
+                        queue.put_nowait(workspace_plan)
+                    if proving:
+                        self._prove(proving, queue)
                     continue
                 if queue.qsize() or self._busy(queue):
                     # Nothing claimable yet: the workspaces in hand free their next changes
@@ -272,9 +280,10 @@ class Dispatcher:
             await self._drain(queue, workers)
         finally:
             halt.set()
-            for task in [*workers, heartbeat]:
+            proofs = list(self._proofs)
+            for task in [*workers, heartbeat, *proofs]:
                 task.cancel()
-            await asyncio.gather(*workers, heartbeat, return_exceptions=True)
+            await asyncio.gather(*workers, heartbeat, *proofs, return_exceptions=True)
             await self.limiter.settle()
             # The flusher is stopped, never cancelled: a cancelled write-back would roll back.
             flushing_done.set()
@@ -320,10 +329,11 @@ class Dispatcher:
                 self._release_plan(queued)
         for _ in workers:
             queue.put_nowait(None)
-        for task in workers:
+        proofs = list(self._proofs)
+        for task in [*workers, *proofs]:
             if task not in self.steps.sending:
                 task.cancel()
-        _done, pending = await asyncio.wait(workers, timeout=self.settings.grace_period)
+        _done, pending = await asyncio.wait([*workers, *proofs], timeout=self.settings.grace_period)
         for task in pending:
             task.cancel()
         await asyncio.gather(*pending, return_exceptions=True)
@@ -354,6 +364,29 @@ class Dispatcher:
         planned = plans_of(valid)
         self._release_steps(tuple(planned.later))
         return planned.plans
+
+    def _prove(
+        self, plans: list[WorkspacePlan], queue: asyncio.Queue[WorkspacePlan | None]
+    ) -> None:
+        """Read the plans' ambiguous status changes back in bulk, then queue what is left."""
+
+        def deliver(before: WorkspacePlan, after: WorkspacePlan | None) -> None:
+            self._queued -= _size(before)
+            if after is not None and self._halt.is_set():
+                self._release_plan(after)
+            elif after is not None:
+                self._queued += _size(after)
+                queue.put_nowait(after)
+            if self._queued < self.settings.batch_size:
+                self._hungry.set()
+
+        task = asyncio.create_task(BulkProver(self.steps).run(plans, deliver, self._rejected))
+        self._proofs.add(task)
+        task.add_done_callback(self._proofs.discard)
+
+    def _rejected(self, exc: TokenRejected) -> None:
+        self._token_rejected = exc
+        self._halt.set()
 
     async def _work(self, queue: asyncio.Queue[WorkspacePlan | None], halt: asyncio.Event) -> None:
         while True:

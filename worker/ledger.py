@@ -74,6 +74,12 @@ class Ledger:
         self.stats.requests += 1
         self.buffer.attempt(record)
 
+    def one_request(self, records: Iterable[AttemptRecord]) -> None:
+        """One request recorded on several rows (a bulk read: a row per workspace read)."""
+        self.stats.requests += 1
+        for record in records:
+            self.buffer.attempt(record)
+
     def invalid(self, row: ClaimedRow, exc: InputError) -> None:
         """A row that cannot be sent: ``invalid`` with the column and the reason."""
         with bound_contextvars(change_id=row.id):

@@ -15,7 +15,10 @@ the workspaces they took are free again once nothing else is. What ``plan`` cann
   and then go first; changes waiting for a retry that falls due during the run are sent too;
   changes enqueued after ``plan`` ran;
 - a status change whose earlier attempt may have landed is read back first, and only sent if
-  the read-back shows another status (its POST is marked *conditional*);
+  the read-back shows another status (its POST is marked *conditional*). When it starts its
+  workspace's plan, the claim's such changes are read together, with one
+  ``GET /workspaces?only=…`` per 200 (:mod:`worker.proofs`), listed with the first of their
+  workspaces; if that read fails, the run reads each one with ``GET /workspaces/{id}``;
 - answers: a retried request is sent again, and a failed one stops its workspace until retry;
 - where a workspace's due changes do not fit in one claim (more than ``batch_size``, or when
   many workspaces are queued), which claim takes which part may depend on timing, and so may
@@ -31,10 +34,17 @@ from dataclasses import dataclass
 
 from .changes import Change, ClaimedRow
 from .claims import CLAIM_LOOKAHEAD, whole_prefixes
-from .endpoints import RequestSpec, read_back_request, status_change_request, update_request
+from .endpoints import (
+    RequestSpec,
+    list_request,
+    read_back_request,
+    status_change_request,
+    update_request,
+)
 from .exceptions import InputError
 from .intake import admit, plans_of
-from .planner import PutStep, Step
+from .planner import PutStep, Step, WorkspacePlan
+from .proofs import chunked, split_for_proof
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,14 +96,35 @@ class Preview:
         )
 
 
-def requests_of(step: Step) -> list[tuple[RequestSpec, bool]]:
-    """The requests one step sends, each with whether it is conditional."""
+def requests_of(step: Step, *, read_in_bulk: bool = False) -> list[tuple[RequestSpec, bool]]:
+    """The requests one step sends, each with whether it is conditional.
+
+    ``read_in_bulk``: an ambiguous status change proved by its claim's bulk read (listed
+    apart, see :func:`bulk_reads`) needs no read-back of its own.
+    """
     if isinstance(step, PutStep):
         return [(update_request(step.workspace_id, step.fields), False)]
     post = status_change_request(step.workspace_id, step.to_status_key)
+    if step.change.ambiguous and read_in_bulk:
+        return [(post, True)]
     if step.change.ambiguous:
         return [(read_back_request(step.workspace_id), False), (post, True)]
     return [(post, False)]
+
+
+def bulk_reads(plans: Sequence[WorkspacePlan]) -> dict[int, tuple[RequestSpec, tuple[int, ...]]]:
+    """A claim's bulk read-backs, by the first workspace each one reads: the request, and the
+    status changes it proves."""
+    _ready, proving = split_for_proof(plans)
+    return {
+        chunk[0].workspace_id: (
+            list_request(
+                [p.workspace_id for p in chunk], include_custom_fields=False, include_archived=True
+            ),
+            tuple(p.steps[0].change_ids[0] for p in chunk),
+        )
+        for chunk in chunked(proving)
+    }
 
 
 class ClaimModel:
@@ -201,11 +232,20 @@ def preview(rows: Iterable[ClaimedRow], batch_size: int, limit: int | None = Non
         later = [by_id[change.id] for step in planned.later for change in step.changes]
         model.hand_back(later)
         taken += len(claimed) - len(later)
+        reads = bulk_reads(planned.plans)
+        proved = {change_id for _spec, change_ids in reads.values() for change_id in change_ids}
         for workspace_plan in planned.plans:
             workspace = workspace_plan.workspace_id
             order.setdefault(workspace, len(order))
+            if workspace in reads:
+                spec, change_ids = reads[workspace]
+                steps_of[workspace] = steps_of.get(workspace, 0) + 1
+                requests.append(
+                    PlannedRequest(claims, workspace, steps_of[workspace], spec, change_ids)
+                )
             for step in workspace_plan.steps:
-                for spec, conditional in requests_of(step):
+                in_bulk = step.change_ids[0] in proved
+                for spec, conditional in requests_of(step, read_in_bulk=in_bulk):
                     steps_of[workspace] = steps_of.get(workspace, 0) + 1
                     requests.append(
                         PlannedRequest(

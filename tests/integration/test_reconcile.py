@@ -115,6 +115,8 @@ def by_workspace(
 def workspace_of(target: str, body: Any) -> int:
     if target.startswith("/workspace_status_changes"):
         return int(body["workspace_status_change"]["workspace_id"])
+    if target.startswith("/workspaces?only="):  # a bulk read-back: plan lists it with the first
+        return int(target.removeprefix("/workspaces?only=").split("&")[0].split(",")[0])
     return int(target.split("/")[2].split("?")[0])
 
 

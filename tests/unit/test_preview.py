@@ -155,15 +155,45 @@ def test_a_status_change_whose_attempt_may_have_landed_is_read_back_first() -> N
         row(3, 6, {"to_status_key": 310}, STATUS, attempts=1, http_status=429),
     ]
     result = preview(rows, batch_size=500)
-    assert [(r.workspace_id, r.spec.method, r.conditional) for r in result.requests] == [
-        (4, "GET", False),
-        (4, "POST", True),
-        (5, "GET", False),
-        (5, "POST", True),
-        (6, "POST", False),
+    # The claim's two ambiguous ones are read together, listed with the first of them.
+    assert [
+        (r.workspace_id, r.spec.method, r.spec.target, r.change_ids, r.conditional)
+        for r in result.requests
+    ] == [
+        (4, "GET", "/workspaces?only=4,5&per_page=200&include_archived=true", (1, 2), False),
+        (4, "POST", "/workspace_status_changes?include=workspace", (1,), True),
+        (5, "POST", "/workspace_status_changes?include=workspace", (2,), True),
+        (6, "POST", "/workspace_status_changes?include=workspace", (3,), False),
     ]
-    assert result.sent == 3
-    assert "3 requests (+2 conditional)" in result.summary()
+    assert result.sent == 2
+    assert "2 requests (+2 conditional)" in result.summary()
+
+
+def test_an_ambiguous_status_change_after_a_put_is_read_back_by_itself() -> None:
+    # Only a plan that starts with the ambiguous change is proved in bulk: here an update of
+    # the same workspace comes first (its earlier change failed for good, say).
+    rows = [
+        row(1, 4, {"title": "A"}),
+        row(2, 4, {"to_status_key": 310}, STATUS, attempts=1, http_status=503),
+    ]
+    result = preview(rows, batch_size=500)
+    assert [(r.spec.method, r.spec.target, r.conditional) for r in result.requests] == [
+        ("PUT", "/workspaces/4", False),
+        ("GET", "/workspaces/4", False),
+        ("POST", "/workspace_status_changes?include=workspace", True),
+    ]
+
+
+def test_bulk_read_backs_take_200_workspaces_a_request() -> None:
+    rows = [
+        row(n, n, {"to_status_key": 310}, STATUS, attempts=2, http_status=502)
+        for n in range(1, 452)
+    ]
+    result = preview(rows, batch_size=1000)
+    reads = [r for r in result.requests if r.spec.method == "GET"]
+    assert [(r.workspace_id, len(r.change_ids)) for r in reads] == [(1, 200), (201, 200), (401, 51)]
+    assert all(r.spec.target.startswith("/workspaces?only=") for r in reads)
+    assert (result.sent, len(result.requests)) == (3, 3 + 451)
 
 
 def test_claims_take_batch_size_changes_and_the_first_workspaces_whole() -> None:
