@@ -50,6 +50,10 @@ class Settings(BaseModel):
     """The largest answer body read, compressed or inflated; a bigger one is ``too_large``."""
     max_retry_after: float = Field(default=120.0, ge=0, le=86_400)
     """The longest pause a 429's ``Retry-After`` may impose on all sending, in seconds."""
+    verify_interval: float | None = Field(default=None, gt=0, le=30 * 86_400)
+    """``serve`` sweeps the synced workspaces for drift every this many seconds; None: never."""
+    verify_budget_share: float = Field(default=0.1, gt=0, le=1)
+    """The share of ``rate_limit`` that the drift sweep's reads may use."""
     batch_size: int = Field(default=500, ge=1, le=10_000)
     grace_period: float = Field(default=30.0, ge=0, le=3600)
     breaker_threshold: int = Field(default=10, ge=0, le=10_000)

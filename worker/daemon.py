@@ -44,6 +44,7 @@ from .retention import prune_daily
 from .runtime import refresh_queue_metrics
 from .sdnotify import Notifier
 from .statuspage import StatusSource
+from .sweep import Sweeper
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,6 +118,17 @@ class Daemon:
         self._retry_requested = False
         self._status = ""
         self._counts: dict[str, int] = {}
+        self.sweeper: Sweeper | None = None
+        """The drift sweep, with ``verify_interval`` set (:mod:`worker.sweep`)."""
+        if self.settings.verify_interval is not None:
+            self.sweeper = Sweeper(
+                self.store,
+                dispatcher.client,
+                dispatcher.limiter,
+                self.settings,
+                self.metrics,
+                blocked=lambda: self.health.token_problem or self.health.database_problem,
+            )
 
     # -- control ---------------------------------------------------------------------------
 
@@ -169,6 +181,8 @@ class Daemon:
             try:
                 await dispatcher.register("serve")
                 background.append(asyncio.create_task(self._idle_heartbeat(dispatcher)))
+                if self.sweeper is not None:  # reads only, within its share; stops with SIGTERM
+                    background.append(asyncio.create_task(self.sweeper.run(self.stop_event)))
                 if self.settings.retention_days is not None:  # prune at start, then daily
                     days = self.settings.retention_days
                     background.append(asyncio.create_task(prune_daily(self.store.engine, days)))

@@ -163,6 +163,37 @@ class Metrics:
         self.run_duration = Gauge(
             f"{NAMESPACE}_run_duration_seconds", "Duration of the last run", registry=r
         )
+        self.drift_fields = Gauge(
+            f"{NAMESPACE}_drift_fields",
+            "Fields where Kantata differs from the outbox's desired state, found by the last "
+            "completed verify sweep of serve",
+            registry=r,
+        )
+        self.drift_workspaces = Gauge(
+            f"{NAMESPACE}_drift_workspaces",
+            "Workspaces with at least one drifted field, found by the last completed sweep",
+            registry=r,
+        )
+        self.verify_missing = Gauge(
+            f"{NAMESPACE}_verify_missing_workspaces",
+            "Synced workspaces Kantata no longer returned in the last completed sweep",
+            registry=r,
+        )
+        self.verify_unreadable = Gauge(
+            f"{NAMESPACE}_verify_unreadable_workspaces",
+            "Workspaces the last completed sweep could not read (not judged)",
+            registry=r,
+        )
+        self.verify_last_sweep = Gauge(
+            f"{NAMESPACE}_verify_last_sweep_timestamp_seconds",
+            "Unix time the last verify sweep of serve completed (0: none yet)",
+            registry=r,
+        )
+        self.verify_reads = Counter(
+            f"{NAMESPACE}_verify_read_requests_total",
+            "Read requests (GET /workspaces) sent by serve's verify sweeps",
+            registry=r,
+        )
 
         # Labelled children, looked up once: ``labels()`` costs more than the increment.
         self._request_children: dict[tuple[str, str], tuple[Any, Any]] = {}
@@ -197,6 +228,22 @@ class Metrics:
         for state in FINISHED_STATES:
             self.finished_changes.labels(state).set(counts.get(state, 0))
         self.oldest_pending.set(max(oldest_pending_age, 0.0))
+
+    def swept(
+        self,
+        *,
+        drifted_fields: int,
+        drifted_workspaces: int,
+        missing: int,
+        unreadable: int,
+        finished_at: float,
+    ) -> None:
+        """Set the drift gauges from a verify sweep that completed at ``finished_at``."""
+        self.drift_fields.set(drifted_fields)
+        self.drift_workspaces.set(drifted_workspaces)
+        self.verify_missing.set(missing)
+        self.verify_unreadable.set(unreadable)
+        self.verify_last_sweep.set(finished_at)
 
     def write_textfile(self, path: str) -> None:
         """Write the ``kantata_sync_*`` metrics for node_exporter's textfile collector,

@@ -163,7 +163,7 @@ def test_the_alert_rules_load() -> None:
         timeout=60,
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "SUCCESS: 5 rules found" in result.stdout
+    assert "SUCCESS: 6 rules found" in result.stdout
 
 
 def test_the_alert_rules_fire_on_trouble_and_stay_quiet_otherwise() -> None:
@@ -212,7 +212,7 @@ def test_every_alert_links_its_runbook_in_operations_md() -> None:
     """Each runbook_url is the heading named after the alert (GitHub's anchor: lower case)."""
     rules = yaml.safe_load((DEPLOY / "prometheus" / "kantata-sync.rules.yml").read_text())
     alerts = [rule for group in rules["groups"] for rule in group["rules"] if "alert" in rule]
-    assert len(alerts) == 5
+    assert len(alerts) == 6
     for rule in alerts:
         assert rule["annotations"]["runbook_url"] == f"{RUNBOOKS}#{rule['alert'].lower()}"
 
