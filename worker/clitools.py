@@ -12,13 +12,14 @@ import gc
 import os
 import sys
 from collections.abc import Awaitable, Callable
-from typing import Any, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import click
 
-from . import logging as logmod
-from .config import Settings, load_settings
 from .exceptions import ConfigError, DatabaseError, SyncError
+
+if TYPE_CHECKING:
+    from .config import Settings
 
 GC_THRESHOLD = 20_000
 """Allocations between collections of the youngest generation (Python's default is 700)."""
@@ -43,6 +44,9 @@ def settings_of(
     The only place that reads the environment; everything below receives the settings.
     ``origins`` is filled with where each value came from.
     """
+    from . import logging as logmod  # imported when a command runs, not for --help
+    from .config import load_settings
+
     notes: list[str] = []
     try:
         settings = load_settings(

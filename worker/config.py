@@ -25,6 +25,9 @@ ENV_PREFIX = "KANTATA_SYNC_"
 DEFAULT_API_BASE_URL = "https://api.mavenlink.com/api/v1"
 DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///kantata-sync.db"
 CREDENTIAL_NAME = "kantata-token"
+DEFAULT_HTTP_HOST = "127.0.0.1"
+DEFAULT_HTTP_PORT = 9464
+"""Where ``serve`` listens by default; 9464 is a common choice for an application's exporter."""
 MAX_TOKEN_FILE_BYTES = 65_536
 """A token file longer than this is not a token file (``/dev/zero``, a log, a dump)."""
 

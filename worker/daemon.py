@@ -29,12 +29,11 @@ from datetime import UTC, datetime
 from typing import Any
 
 from .changes import RunEnding, RunReport, State
+from .config import DEFAULT_HTTP_HOST, DEFAULT_HTTP_PORT
 from .dispatcher import Dispatcher
 from .exceptions import DatabaseError, SyncError
 from .health import (
     DATABASE_TIMEOUT,
-    DEFAULT_HTTP_HOST,
-    DEFAULT_HTTP_PORT,
     DatabaseProbe,
     HealthState,
     HttpListener,

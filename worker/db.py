@@ -16,10 +16,6 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import sqlalchemy as sa
-from alembic import command
-from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
 from sqlalchemy import event
 from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.exc import SQLAlchemyError
@@ -97,7 +93,14 @@ def _configure_sqlite(engine: AsyncEngine) -> None:
         connection.exec_driver_sql("BEGIN IMMEDIATE")
 
 
-def _alembic_config(connection: Connection | None = None) -> Config:
+SCHEMA_HEAD = "0004"
+"""The newest migration this version ships, as a constant so that a ``run`` need not load
+alembic to check the schema (a test keeps it equal to alembic's own head)."""
+
+
+def _alembic_config(connection: Connection | None = None) -> Any:
+    from alembic.config import Config  # alembic is loaded only to migrate
+
     config = Config()
     config.set_main_option("script_location", str(files("worker.migrations")))
     if connection is not None:
@@ -106,7 +109,9 @@ def _alembic_config(connection: Connection | None = None) -> Config:
 
 
 def head_revision() -> str:
-    """The newest migration this version of kantata-sync ships."""
+    """The newest migration this version of kantata-sync ships, as alembic reads it."""
+    from alembic.script import ScriptDirectory
+
     head = ScriptDirectory.from_config(_alembic_config()).get_current_head()
     if head is None:
         raise DatabaseError("no migrations found in the installed package")
@@ -115,6 +120,9 @@ def head_revision() -> str:
 
 async def upgrade(engine: AsyncEngine) -> tuple[str | None, str]:
     """Apply every pending migration; return the revisions before and after."""
+
+    from alembic import command
+    from alembic.runtime.migration import MigrationContext
 
     def _upgrade(connection: Connection) -> str | None:
         before = MigrationContext.configure(connection).get_current_revision()
@@ -127,8 +135,14 @@ async def upgrade(engine: AsyncEngine) -> tuple[str | None, str]:
 
 
 async def current_revision(engine: AsyncEngine) -> str | None:
+    """The revision alembic recorded in ``alembic_version`` (None: no kantata-sync tables)."""
+
     def _current(connection: Connection) -> str | None:
-        return MigrationContext.configure(connection).get_current_revision()
+        if not sa.inspect(connection).has_table("alembic_version"):
+            return None
+        versions = connection.execute(sa.text("SELECT version_num FROM alembic_version"))
+        found = [str(v) for v in versions.scalars()]
+        return found[0] if len(found) == 1 else None
 
     async with translate_errors("reading the schema version"), engine.connect() as connection:
         return await connection.run_sync(_current)
@@ -137,7 +151,7 @@ async def current_revision(engine: AsyncEngine) -> str | None:
 async def check_schema(engine: AsyncEngine) -> None:
     """Raise :class:`NotMigratedError` unless the database is at this version's head."""
     revision = await current_revision(engine)
-    head = head_revision()
+    head = SCHEMA_HEAD
     if revision != head:
         found = "no kantata-sync tables" if revision is None else f"schema {revision}"
         raise NotMigratedError(

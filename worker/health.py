@@ -35,9 +35,6 @@ from .metrics import Metrics
 from .statushtml import CONTENT_SECURITY_POLICY, render_error_page, render_status_page
 from .statuspage import StatusSource
 
-DEFAULT_HTTP_HOST = "127.0.0.1"
-DEFAULT_HTTP_PORT = 9464
-"""Port of the HTTP listener; 9464 is a common choice for an application's own exporter."""
 SHUTDOWN_TIMEOUT = 2.0
 """Seconds a stopping listener gives a scrape in progress."""
 DATABASE_TIMEOUT = 10.0

@@ -5,15 +5,6 @@ from __future__ import annotations
 import contextlib
 from collections.abc import AsyncIterator, Callable
 
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
-
 
 @contextlib.asynccontextmanager
 async def progress_bar(enabled: bool, total: int) -> AsyncIterator[Callable[[int], None] | None]:
@@ -21,6 +12,15 @@ async def progress_bar(enabled: bool, total: int) -> AsyncIterator[Callable[[int
     if not enabled:
         yield None
         return
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
     progress = Progress(
         TextColumn("syncing"),
         BarColumn(),

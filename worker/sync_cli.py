@@ -1,8 +1,7 @@
-"""The ``kantata-sync`` command line: the one place that reads the environment.
+"""The commands that set up and sync: ``db upgrade``, ``enqueue``, ``run``, ``serve`` and
+``config check``.
 
-The commands that sync (``run``, ``serve``) get their worker from
-:func:`worker.runtime.assemble`; the operator's commands on the outbox live in
-:mod:`worker.queue_cli`; exit codes are listed in :mod:`worker.clitools`.
+``run`` and ``serve`` get their worker from :func:`worker.runtime.assemble`.
 """
 
 from __future__ import annotations
@@ -13,12 +12,10 @@ import os
 import signal
 import sys
 from datetime import UTC, datetime
-from pathlib import Path
-from typing import IO
+from typing import IO, TYPE_CHECKING
 
 import click
 
-from . import __version__, history_cli, queue_cli, reconcile_cli
 from . import db as dbmod
 from .changes import NewChange, RunEnding, RunReport, State
 from .clitools import (
@@ -28,48 +25,16 @@ from .clitools import (
     run_async,
     settings_of,
 )
-from .config import Settings
-from .daemon import Daemon, ServeOptions, ServeSummary
+from .config import DEFAULT_HTTP_HOST, DEFAULT_HTTP_PORT, Settings
 from .exceptions import InputError
-from .health import DEFAULT_HTTP_HOST, DEFAULT_HTTP_PORT
 from .progress import progress_bar
 from .runtime import assemble, named, open_store, refresh_queue_metrics
-from .sandbox.cli import sandbox
-from .sdnotify import Notifier, watchdog_interval
-from .supersede import SupersedeResult, enqueue_superseding
-from .validation import parse_line
+
+if TYPE_CHECKING:
+    from .daemon import ServeOptions, ServeSummary
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
-@click.version_option(__version__, prog_name="kantata-sync")
-@click.option(
-    "--config",
-    "config_file",
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="TOML configuration file.  [env: KANTATA_SYNC_CONFIG]",
-)
-@click.pass_context
-def main(ctx: click.Context, /, config_file: Path | None) -> None:
-    """Push project changes from the sync_changes outbox into Kantata OX.
-
-    Every setting comes from the TOML file given by --config, overridden by an environment
-    variable KANTATA_SYNC_<SETTING> (e.g. KANTATA_SYNC_RATE_LIMIT=20). The API token comes
-    from KANTATA_SYNC_TOKEN, KANTATA_SYNC_TOKEN_FILE or systemd's $CREDENTIALS_DIRECTORY.
-    """
-    ctx.ensure_object(dict)
-    ctx.obj["config"] = config_file
-
-
-main.add_command(sandbox)
-for _command in queue_cli.COMMANDS:
-    main.add_command(_command)
-for _command in reconcile_cli.COMMANDS:
-    main.add_command(_command)
-for _command in history_cli.COMMANDS:
-    main.add_command(_command)
-
-
-@main.group()
+@click.group()
 def db() -> None:
     """Database schema management."""
 
@@ -95,7 +60,7 @@ def db_upgrade(ctx: click.Context, /) -> None:
         click.echo(f"{where}: migrated from {before or 'empty'} to {after}")
 
 
-@main.command()
+@click.command()
 @click.option(
     "--file",
     "-f",
@@ -124,6 +89,10 @@ def enqueue(ctx: click.Context, /, source: IO[str], supersede: bool) -> None:
     (the line is rejected), and every line needs a source_ref. `report --format jsonl` writes
     lines in this form.
     """
+    from .queue_cli import operator_name
+    from .supersede import SupersedeResult, enqueue_superseding
+    from .validation import parse_line
+
     settings = settings_of(ctx)
     good: list[tuple[int, NewChange]] = []
     bad = 0
@@ -155,7 +124,7 @@ def enqueue(ctx: click.Context, /, source: IO[str], supersede: bool) -> None:
         good.append((number, change))
 
     if supersede:
-        operator = queue_cli.operator_name()
+        operator = operator_name()
 
         async def _replace() -> SupersedeResult:
             async with open_store(settings) as store:
@@ -189,7 +158,7 @@ def enqueue(ctx: click.Context, /, source: IO[str], supersede: bool) -> None:
         sys.exit(EXIT_INPUT)
 
 
-@main.command()
+@click.command()
 @click.option(
     "--metrics-textfile",
     type=click.Path(dir_okay=False),
@@ -230,7 +199,7 @@ async def _sync_once(settings: Settings, textfile: str | None, show_progress: bo
         return report
 
 
-@main.command("serve")
+@click.command("serve")
 @click.option(
     "--poll-interval",
     type=click.FloatRange(min=0.05, max=3600),
@@ -291,6 +260,9 @@ def serve(
     token every --token-retry-interval seconds, or at once on SIGHUP. Exit codes as for run;
     0 after a clean SIGTERM.
     """
+    from .daemon import ServeOptions
+    from .sdnotify import watchdog_interval
+
     settings = named(settings_of(ctx))
     options = ServeOptions(
         poll_interval=poll_interval,
@@ -309,6 +281,9 @@ def serve(
 async def _serve(
     settings: Settings, options: ServeOptions, notify_socket: str | None, announce: bool
 ) -> ServeSummary:
+    from .daemon import Daemon
+    from .sdnotify import Notifier
+
     notifier = Notifier(notify_socket)
     try:
         async with (
@@ -328,7 +303,7 @@ async def _serve(
         notifier.close()
 
 
-@main.group("config")
+@click.group("config")
 def config_group() -> None:
     """Inspect the configuration."""
 
@@ -349,3 +324,6 @@ def config_check(ctx: click.Context, /, show_origin: bool) -> None:
         click.echo(f"{key} = {json.dumps(value)}{origin}")
     if settings.token is None:
         click.echo("warning: no API token configured (KANTATA_SYNC_TOKEN)", err=True)
+
+
+COMMANDS = (db, enqueue, run, serve, config_group)
