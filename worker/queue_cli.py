@@ -104,10 +104,11 @@ def filters_of(
 @click.option(
     "--format",
     "fmt",
-    type=click.Choice(["table", "json", "csv", "jsonl"]),
+    type=click.Choice(["table", "json", "csv", "jsonl", "html"]),
     default="table",
     help="jsonl: one change a line as enqueue reads it (producer columns only; superseded "
-    "changes left out), for `enqueue --supersede -f -`.",
+    "changes left out), for `enqueue --supersede -f -`. html: a self-contained "
+    "reconciliation report with the status page's charts, e.g. `> report.html`.",
 )
 @click.option("--limit", type=click.IntRange(min=1), help="At most this many rows.")
 @filter_options
@@ -121,9 +122,27 @@ def report(ctx: click.Context, /, fmt: str, limit: int | None, **filter_args: An
 
     async def _go() -> None:
         async with open_store(settings) as store:
-            await render.write_report(store.report(filters, limit), fmt)
+            if fmt == "html":
+                await _write_html(store, filters, limit, settings.token)
+            else:
+                await render.write_report(store.report(filters, limit), fmt)
 
     run_async(_go)
+
+
+async def _write_html(store: Any, filters: Filters, limit: int | None, token: Any) -> None:
+    """The report as one HTML document: the counts and charts, then a row per change."""
+    import sys
+
+    from .statushtml import iter_report_html
+    from .statuspage import gather_summary
+
+    scope = "changes matching the filters" if filters.where() else "all changes"
+    summary = await gather_summary(store, datetime.now(UTC), where=filters.where(), scope=scope)
+    rows = [row async for row in store.report(filters, limit)]
+    secrets = [token.get_secret_value()] if token is not None else []
+    for piece in iter_report_html(summary, rows, secrets=secrets):
+        sys.stdout.write(piece)
 
 
 def _transition_command(name: str, doc: str) -> click.Command:

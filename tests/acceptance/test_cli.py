@@ -73,6 +73,16 @@ def test_enqueue_run_status_report_end_to_end(cli: Cli, sandbox_process: Sandbox
     assert [r["state"] for r in report] == ["succeeded"] * 3 + ["failed", "succeeded"]
     assert [r["outcome"] for r in report[:3]] == ["merged", "applied", "applied"]
     assert report[3]["http_status"] == 403 and "permission" in report[3]["error_message"]
+    html = cli("report", "--format", "html", env={"KANTATA_SYNC_TOKEN": TOKEN})
+    assert html.returncode == 0, html.stderr
+    page = html.stdout
+    assert page.lstrip().lower().startswith("<!doctype html>") and "</html>" in page
+    assert "<svg" in page and "<script" not in page.lower()  # charts drawn, no script
+    for loads in ('src="http', "src='http", 'href="http', "href='http", "url(http"):
+        assert loads not in page  # nothing loaded from elsewhere
+    assert "permission" in page  # the failed change's message, escaped into the table
+    assert page.count("<tr") >= len(report)  # a row per change, at least
+    assert TOKEN not in page
     rows = list(
         csv.DictReader(io.StringIO(cli("report", "--format", "csv", "--state", "failed").stdout))
     )
