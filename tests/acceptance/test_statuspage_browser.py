@@ -221,3 +221,43 @@ def test_the_screenshot_shows_the_charts_in_their_colours(
     # red, as there are more succeeded changes than failed ones. Nothing is pending.
     assert pixels("succeeded") > pixels("failed") > 100
     assert pixels("pending") == 0
+
+
+def test_the_browser_draws_the_html_report_from_the_same_database(
+    daemon: tuple[str, sqlite3.Connection, Path], tmp_path: Path
+) -> None:
+    """``report --format html`` writes a file that Chromium opens on its own: the counts per
+    state and the changes it lists are the database's, and no secret is in it."""
+    browser = chromium()
+    _url, database, log = daemon
+    home = log.parent
+    cli = Cli(
+        {
+            "PATH": f"{BIN}:{os.environ.get('PATH', '/usr/bin:/bin')}",
+            "HOME": str(home),
+            "KANTATA_SYNC_DATABASE_URL": f"sqlite:///{home / 'outbox.db'}",
+            "KANTATA_SYNC_TOKEN": SECRET,
+        },
+        home,
+    )
+    written = cli("report", "--format", "html")
+    assert written.returncode == 0, written.stderr
+    report = tmp_path / "report.html"
+    report.write_text(written.stdout)
+    dumped = browse(browser, tmp_path / "profile", "--dump-dom", report.as_uri())
+    assert dumped.returncode == 0, dumped.stderr[-2000:]
+    dom = dumped.stdout
+    root = parse(dom)
+    assert SECRET not in dom and root.find_all("script") == []
+    states = dict(query(database, "SELECT state, count(*) FROM sync_changes GROUP BY state"))
+    queue = {g.attrs["data-label"]: int(g.attrs["data-value"]) for g in root.find_all("g")}
+    assert queue == {s: states.get(s, 0) for s in STATE_COLORS}
+    listed = [
+        int(r.attrs["data-change-id"])
+        for r in root.by_id("changes").find_all("tr")
+        if "data-change-id" in r.attrs
+    ]
+    assert listed == [i for (i,) in query(database, "SELECT id FROM sync_changes ORDER BY id")]
+    [echo] = [r for r in root.by_id("changes").find_all("tr") if "upstream said" in r.all_text()]
+    assert "Authorization: Bearer [REDACTED]" in echo.all_text()
+    assert '<script>document.title="pwned"</script>' in echo.all_text()  # shown, not run

@@ -117,7 +117,14 @@ async def scenario(store: Store) -> dict[str, int]:
     async with store.engine.begin() as conn:
         await conn.execute(
             sa.insert(sync_workers).values(
-                name="alive", host="h", pid=1, command="serve", started_at=OLD, heartbeat_at=NOW
+                name="alive",
+                host="h",
+                pid=1,
+                command="serve",
+                started_at=OLD,
+                # The time of the test, not of the module's import: a long session would
+                # otherwise make this worker look dead.
+                heartbeat_at=datetime.now(UTC),
             )
         )
     return ids
