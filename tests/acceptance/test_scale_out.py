@@ -15,7 +15,7 @@ from .conftest import TOKEN, Cli, SandboxProcess, start_sandbox, stop, wait_for
 
 pytestmark = [pytest.mark.postgres, pytest.mark.timeout(300)]
 
-WORKSPACES = 1200
+WORKSPACES = 600  # 6,000 changes: ten seconds of the whole budget
 PER_WORKSPACE = 10
 BUDGET = 600
 STATUS_CYCLE = (200, 310, 400, 600, 300)
