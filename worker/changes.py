@@ -146,6 +146,17 @@ class RunStats:
     lost_leases: int = 0
     by_outcome: dict[str, int] = field(default_factory=dict)
 
+    def counts(self) -> dict[str, int]:
+        """The counts the run log (``sync_runs``) keeps, by column name."""
+        return {
+            "claimed": self.claimed,
+            "succeeded": self.succeeded,
+            "failed": self.failed,
+            "invalid": self.invalid,
+            "retried": self.retried,
+            "requests": self.requests,
+        }
+
 
 @dataclass(slots=True)
 class RunReport:

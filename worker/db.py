@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import time
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -242,6 +243,40 @@ def sqlite_path(url: Any) -> str | None:
     if not database or database == ":memory:" or database.startswith("file:"):
         return None
     return str(Path(database).resolve())
+
+
+class FileWatch:
+    """Whether a SQLite file is still the one first seen there (always so for PostgreSQL).
+
+    SQLite goes on working on a file that was deleted or replaced under an open connection,
+    so a query cannot tell; the file's device and inode can.
+    """
+
+    def __init__(self, url: Any) -> None:
+        self.path = sqlite_path(url)
+        self._identity = self._current()
+
+    def _current(self) -> tuple[int, int] | None:
+        if self.path is None:
+            return None
+        try:
+            stat = os.stat(self.path)
+        except OSError:
+            return None
+        return (stat.st_dev, stat.st_ino)
+
+    def change(self) -> str | None:
+        """``"missing"``, ``"replaced"``, or None while the file is the one first seen."""
+        if self.path is None:
+            return None
+        identity = self._current()
+        if identity is None:
+            return "missing"
+        if self._identity is None:
+            self._identity = identity
+        elif identity != self._identity:
+            return "replaced"
+        return None
 
 
 def describe_url(url: str) -> str:

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -80,31 +79,15 @@ class DatabaseProbe:
     def __init__(self, engine: AsyncEngine, timeout: float = DATABASE_TIMEOUT) -> None:
         self.engine = engine
         self.timeout = timeout
-        self.path: str | None = None
-        self._identity: tuple[int, int] | None = None
-        url = engine.url
-        if url.get_backend_name() == "sqlite" and url.database and url.database != ":memory:":
-            self.path = url.database
-            self._identity = self._stat()
-
-    def _stat(self) -> tuple[int, int] | None:
-        assert self.path is not None
-        try:
-            st = os.stat(self.path)
-        except OSError:
-            return None
-        return (st.st_dev, st.st_ino)
+        self.file = dbmod.FileWatch(engine.url)
 
     async def problem(self) -> str | None:
         """None when the database is usable, else why not (without the password)."""
-        if self.path is not None:
-            identity = self._stat()
-            if identity is None:
-                return f"database file {self.path} is missing"
-            if self._identity is None:
-                self._identity = identity
-            elif identity != self._identity:
-                return f"database file {self.path} was replaced since kantata-sync opened it"
+        change = self.file.change()
+        if change == "missing":
+            return f"database file {self.file.path} is missing"
+        if change == "replaced":
+            return f"database file {self.file.path} was replaced since kantata-sync opened it"
         try:
             await asyncio.wait_for(dbmod.check_schema(self.engine), self.timeout)
         except TimeoutError:

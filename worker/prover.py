@@ -14,8 +14,6 @@ same request ID on each row), so that every change's history shows it.
 
 from __future__ import annotations
 
-import asyncio
-import time
 from collections.abc import Callable, Sequence
 from datetime import datetime
 
@@ -123,32 +121,16 @@ class BulkProver:
     ) -> dict[int, tuple[int | None, ApiResponse]] | None:
         """Each listed workspace's current status key (and the answer), or None: unreadable."""
         runner = self.runner
-        paused = await runner.breaker.wait()
-        if paused:
-            runner.log.info(
-                "breaker.waited", seconds=round(paused, 3), phase=runner.breaker.state.phase
-            )
-        waited = await runner.limiter.acquire()
-        if runner.halted():
-            raise StepAbandoned(f"{GET_WORKSPACES} not sent: the run is stopping")
+        waited = await runner.wait_for_slot(GET_WORKSPACES)
         if runner.limited:
             runner.metrics.limiter_wait.observe(waited)
         ids = [step.workspace_id for step in steps]
         attempted_at = runner.clock()
-        started = time.perf_counter()
-        task = asyncio.current_task()
-        if task is not None:
-            runner.sending.add(task)
-        try:
-            answer: ApiResponse | TransportError = await runner.client.list_workspaces(
+        answer, duration_ms = await runner.on_the_wire(
+            lambda: runner.client.list_workspaces(
                 ids, include_custom_fields=False, include_archived=True
             )
-        except TransportError as exc:
-            answer = exc
-        finally:
-            if task is not None:
-                runner.sending.discard(task)
-        duration_ms = (time.perf_counter() - started) * 1000
+        )
         verdict = classify(answer, status_change=False)
         found: dict[int, tuple[int | None, ApiResponse]] | None = None
         error, error_type = verdict.error_message, verdict.error_type

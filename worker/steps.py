@@ -150,9 +150,11 @@ class StepRunner:
         )
         return True
 
-    async def _send(
-        self, step: Step, endpoint: str, request: Callable[[], Awaitable[ApiResponse]]
-    ) -> ApiResponse | TransportError:
+    async def wait_for_slot(self, endpoint: str) -> float:
+        """Wait for the breaker and the rate limiter; the seconds the limiter took.
+
+        Waiting can outlast a 401 or a SIGTERM: then nothing is sent (:class:`StepAbandoned`).
+        """
         paused = await self.breaker.wait()
         if paused:
             self.log.info(
@@ -160,8 +162,31 @@ class StepRunner:
             )
         waited = await self.limiter.acquire()
         if self.halted():
-            # Waiting for the breaker or the limiter can outlast a 401 or a SIGTERM.
             raise StepAbandoned(f"{endpoint} not sent: the run is stopping")
+        return waited
+
+    async def on_the_wire(
+        self, request: Callable[[], Awaitable[ApiResponse]]
+    ) -> tuple[ApiResponse | TransportError, float]:
+        """Send a request, marked as on the wire (not to be cancelled at shutdown); the
+        answer, or the transport error, and its duration in milliseconds."""
+        started = time.perf_counter()
+        task = asyncio.current_task()
+        if task is not None:
+            self.sending.add(task)
+        try:
+            answer: ApiResponse | TransportError = await request()
+        except TransportError as exc:
+            answer = exc
+        finally:
+            if task is not None:
+                self.sending.discard(task)
+        return answer, (time.perf_counter() - started) * 1000
+
+    async def _send(
+        self, step: Step, endpoint: str, request: Callable[[], Awaitable[ApiResponse]]
+    ) -> ApiResponse | TransportError:
+        waited = await self.wait_for_slot(endpoint)
         # The last moment before the request leaves: is the lease still surely ours? A worker
         # that was frozen (or waited out a database outage) wakes past its deadline here.
         leases = [Lease(change.id, change.lease_token) for change in step.changes]
@@ -177,20 +202,9 @@ class StepRunner:
             )
         if self.limited:
             self.metrics.limiter_wait.observe(waited)
-        started = time.perf_counter()
         attempted_at = self.clock()
-        task = asyncio.current_task()
-        if task is not None:
-            self.sending.add(task)
         request_started.set(True)
-        try:
-            answer: ApiResponse | TransportError = await request()
-        except TransportError as exc:
-            answer = exc
-        finally:
-            if task is not None:
-                self.sending.discard(task)
-        duration_ms = (time.perf_counter() - started) * 1000
+        answer, duration_ms = await self.on_the_wire(request)
         status = answer.status if isinstance(answer, ApiResponse) else None
         error = None if isinstance(answer, ApiResponse) else str(answer)
         error_type = answer.kind if isinstance(answer, TransportError) else None

@@ -9,7 +9,6 @@ dropped if the row has since been reclaimed.
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
@@ -34,7 +33,7 @@ from .claims import (
     next_in_line,
     whole_prefixes,
 )
-from .db import sqlite_path, transaction, translate_errors
+from .db import FileWatch, transaction, translate_errors
 from .exceptions import DatabaseGone
 from .models import sync_changes, sync_runs
 from .queries import OutboxQueries, as_datetime
@@ -53,8 +52,7 @@ class Store(OutboxQueries):
         self._lock_rows = (
             sa.select(c.id).where(self._batch.in_list(c.id, "ids")).order_by(c.id).with_for_update()
         )
-        self._path = sqlite_path(engine.url)
-        self._identity = _file_identity(self._path)
+        self._file = FileWatch(engine.url)
 
     def check_alive(self) -> None:
         """Raise :class:`DatabaseGone` if the SQLite file was deleted or replaced.
@@ -62,14 +60,9 @@ class Store(OutboxQueries):
         SQLite goes on writing into a file that was unlinked under it, and every result
         written there would be lost; a run stops instead. A no-op on PostgreSQL.
         """
-        if self._path is None:
-            return
-        identity = _file_identity(self._path)  # None: the file is gone
-        if self._identity is None:
-            self._identity = identity
-        elif identity != self._identity:
+        if self._file.change() is not None:
             raise DatabaseGone(
-                f"the database file {self._path} was deleted or replaced while in use"
+                f"the database file {self._file.path} was deleted or replaced while in use"
             )
 
     def _text(self, column: sa.Column[Any]) -> sa.ColumnElement[Any]:
@@ -256,13 +249,8 @@ class Store(OutboxQueries):
                 .values(
                     finished_at=now,
                     ended_because=ended_because,
-                    claimed=stats.claimed,
-                    succeeded=stats.succeeded,
-                    failed=stats.failed,
-                    invalid=stats.invalid,
-                    retried=stats.retried,
-                    requests=stats.requests,
                     duration_s=round(duration, 3),
+                    **stats.counts(),
                 )
             )
 
@@ -292,13 +280,3 @@ class Store(OutboxQueries):
                 for query in (due_now, retrying, expiring)
             ]
         return min((t for t in times if t is not None), default=None)
-
-
-def _file_identity(path: str | None) -> tuple[int, int] | None:
-    if path is None:
-        return None
-    try:
-        stat = os.stat(path)
-    except OSError:
-        return None
-    return (stat.st_dev, stat.st_ino)
