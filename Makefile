@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install lint test demo bench clean systemd-check
+.PHONY: install lint test demo bench bench-check clean systemd-check
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +27,12 @@ demo: install
 
 bench: install
 	$(BIN)/python tests/bench/run.py
+
+# The ratio figures (overhead, slow-API scale-out, shared budget), 3 runs each, against the
+# committed baseline: fails on a drop of more than 20% (tests/bench/gate.py). ~5 min.
+bench-check: install
+	$(BIN)/python tests/bench/run.py --only overhead --only scaleout_slow --repeats 3 \
+		--output .bench/check.md --json .bench/check.json --check docs/bench-baseline.json
 
 # The units of deploy/ under a real systemd, in a container (root; see the script).
 systemd-check:

@@ -120,12 +120,22 @@ class FidelityRun:
 
 
 def _one_run(
-    ctx: Context, backend: str, workers: int, seconds: float, windows: int, detail: Table
+    ctx: Context,
+    backend: str,
+    workers: int,
+    seconds: float,
+    windows: int,
+    detail: Table,
+    *,
+    latency_ms: float = 0,
 ) -> tuple[str, FidelityRun]:
     """One run on a fresh sandbox and database: the workers' label and what the sandbox saw."""
     label = f"{workers} worker{'s' if workers > 1 else ''}, {backend}"
     passes = 4 * max(1, round(BUDGET * (seconds + WARMUP + 10) / WORKSPACES / 4 + 0.5))
-    with sandbox(WORKSPACES, rate_limit=BUDGET) as sb, database(backend, ctx.tmp) as db:
+    with (
+        sandbox(WORKSPACES, rate_limit=BUDGET, latency_ms=latency_ms) as sb,
+        database(backend, ctx.tmp) as db,
+    ):
         per_worker: float = BUDGET
         if workers > 1:
             if shared_budget_in_use(db, sb, ctx):

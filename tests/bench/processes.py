@@ -71,8 +71,9 @@ def proc_cpu_seconds(pid: int) -> float:
 
 
 @contextlib.contextmanager
-def sandbox(workspaces: int, rate_limit: int = 0) -> Iterator[Sandbox]:
-    """Start the sandbox (faults off) with ``workspaces`` seeded and an optional strict limit."""
+def sandbox(workspaces: int, rate_limit: int = 0, latency_ms: float = 0) -> Iterator[Sandbox]:
+    """Start the sandbox (faults off) with ``workspaces`` seeded, an optional strict limit and
+    an optional fixed latency per answer."""
     process = subprocess.Popen(
         [
             KANTATA_SYNC,
@@ -84,6 +85,7 @@ def sandbox(workspaces: int, rate_limit: int = 0) -> Iterator[Sandbox]:
             str(workspaces),
             "--rate-limit",
             str(rate_limit),
+            *(["--latency-ms", f"{latency_ms:g}"] if latency_ms else []),
         ],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

@@ -96,6 +96,11 @@ class Finding:
     figure: str
     target: str
     ok: bool | None  # None: reported, no target
+    key: str = ""
+    """A stable name for ``.bench/results.json`` (``overhead.sqlite``); empty: not stored."""
+    values: dict[str, float] = field(default_factory=dict)
+    """The figure's numbers for ``.bench/results.json``; names ending in ``ratio`` are gated by
+    ``make bench-check`` (higher is better)."""
 
 
 # --- the machine and the measurement -----------------------------------------------------

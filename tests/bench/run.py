@@ -1,13 +1,16 @@
 """``make bench``: kantata-sync against the local sandbox; one summary table plus the details.
 
-Usage: ``.venv/bin/python tests/bench/run.py [--quick] [--only NAME ...] [--repeats N]``.
-Progress goes to stderr; the tables go to stdout and, as markdown, to ``.bench/results.md``.
-Not part of ``make test``: nothing here asserts on time.
+Usage: ``.venv/bin/python tests/bench/run.py [--quick] [--only NAME ...] [--repeats N]
+[--check BASELINE]``. Progress goes to stderr; the tables go to stdout and, as markdown, to
+``.bench/results.md``; the figures' numbers, with the machine, commit and date, to
+``.bench/results.json``. With ``--check``, the ratio figures are compared with a baseline
+(``make bench-check``, see ``gate.py``). Not part of ``make test``: nothing here asserts on time.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import subprocess
 import sys
@@ -17,9 +20,11 @@ from pathlib import Path
 
 import coalescing
 import fidelity
+import gate
 import overhead
 import queue_size
 import scaleout
+import scaleout_slow
 from databases import postgres_available, scratch_dir
 from processes import ROOT
 from reporting import BenchError, Context, Finding, Outcome, Table, log, machine
@@ -30,6 +35,7 @@ MEASUREMENTS: dict[str, Callable[[Context], Outcome]] = {
     "queue": queue_size.measure,
     "coalescing": coalescing.measure,
     "scaleout": scaleout.measure,
+    "scaleout_slow": scaleout_slow.measure,
 }
 
 
@@ -75,6 +81,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--output", type=Path, default=ROOT / ".bench" / "results.md", help="markdown results"
     )
+    parser.add_argument(
+        "--json",
+        type=Path,
+        default=ROOT / ".bench" / "results.json",
+        help="the figures' numbers as JSON",
+    )
+    parser.add_argument(
+        "--check",
+        type=Path,
+        metavar="BASELINE",
+        help="fail on a ratio figure more than 20%% below this baseline (gate.py)",
+    )
     args = parser.parse_args(argv)
     repeats = args.repeats or (1 if args.quick else 5)
     chosen = args.only or list(MEASUREMENTS)
@@ -106,7 +124,8 @@ def main(argv: list[str] | None = None) -> int:
     for key, value in info.items():
         header.add(key, value)
     header.add("commit", commit)
-    header.add("command", "tests/bench/run.py " + " ".join(sys.argv[1:] if argv is None else argv))
+    command = "tests/bench/run.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    header.add("command", command)
     header.add("repeats", str(repeats))
     header.add("duration", f"{elapsed / 60:.1f} min")
     load_after = os.getloadavg()
@@ -124,7 +143,14 @@ def main(argv: list[str] | None = None) -> int:
     markdown = "\n\n".join(t.markdown() for t in [head, *tables, header])
     args.output.write_text(f"# kantata-sync benchmark results\n\n{markdown}\n", encoding="utf-8")
     log(f"results written to {args.output}")
-    return 1 if failures else 0
+    results = gate.results_document(findings, info, commit, repeats, command)
+    args.json.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+    log(f"figures written to {args.json}")
+    if failures:
+        return 1
+    if args.check:
+        return gate.check_file(args.check, results)
+    return 0
 
 
 if __name__ == "__main__":

@@ -39,6 +39,20 @@ def cycle_rows(workspaces: int, passes: int, tag: str = "bench") -> Iterator[Row
                 yield w, STATUS, json.dumps({"to_status_key": key})
 
 
+def one_change_rows(workspaces: int, tag: str = "bench") -> Iterator[Row]:
+    """One change per workspace 1..N, alternating a ``workspace_update`` and a status change.
+
+    Nothing coalesces and nothing waits for another change of its workspace: each change is one
+    request, sent as soon as a slot is free. For servers that keep no state (the fast server).
+    """
+    for w in range(1, workspaces + 1):
+        if w % 2:
+            payload: dict[str, object] = {"title": f"{tag} {w}", "due_date": "2026-12-01"}
+            yield w, UPDATE, json.dumps(payload)
+        else:
+            yield w, STATUS, json.dumps({"to_status_key": ACTIVE_STATUS})
+
+
 Request = tuple[str, str, dict[str, object], dict[str, str] | None]
 
 
