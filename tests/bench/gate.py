@@ -134,6 +134,9 @@ def check(baseline: Mapping[str, Any], current: Mapping[str, Any]) -> int:
 
 
 def check_file(baseline_path: Path, current: Mapping[str, Any]) -> int:
+    if not baseline_path.exists():
+        print(f"bench-check: no baseline at {baseline_path} (see tests/bench/gate.py)")
+        return 2
     baseline = json.loads(baseline_path.read_text(encoding="utf-8"))
     return check(baseline, current)
 
