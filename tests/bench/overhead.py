@@ -111,12 +111,11 @@ def measure(ctx: Context) -> Outcome:
             )
             outcome.findings.append(
                 Finding(
-                    f"1. Overhead vs fast server, {backend}: worker / bare loop; worker CPU",
+                    f"1. Overhead vs fast server, {backend}: worker / bare loop changes/s",
                     f"{fmt_pct(ratio)} ({fmt_rate(median(worker_rates))} vs "
-                    f"{fmt_rate(median(bare_rates))}); {cpu_us:.0f} µs CPU/change "
-                    f"(bare {median(bare_cpu):.0f} µs/request)",
-                    f">= {TARGET_RATIO:.0%}; <= {TARGET_CPU_US:.0f} µs",
-                    ratio >= TARGET_RATIO and cpu_us <= TARGET_CPU_US,
+                    f"{fmt_rate(median(bare_rates))})",
+                    f">= {TARGET_RATIO:.0%}",
+                    ratio >= TARGET_RATIO,
                     key=f"overhead.{backend}",
                     values={
                         "worker_bare_ratio": round(ratio, 4),
@@ -128,6 +127,16 @@ def measure(ctx: Context) -> Outcome:
                         "startup_cpu_s": round(fixed, 3),
                         "pairs": pairs,
                     },
+                )
+            )
+            outcome.findings.append(
+                Finding(
+                    f"1. Overhead vs fast server, {backend}: worker CPU per change, start-up "
+                    "included",
+                    f"{cpu_us:.0f} µs (start-up {fixed / n * 1e6:.0f} µs of it; bare loop "
+                    f"{median(bare_cpu):.0f} µs/request)",
+                    f"<= {TARGET_CPU_US:.0f} µs",
+                    cpu_us <= TARGET_CPU_US,
                 )
             )
     detail.notes.append(
