@@ -827,7 +827,13 @@ async def test_stats_and_reset(sandbox: SandboxHandle, http: aiohttp.ClientSessi
     assert stats["total_429"] == 0
     assert 1 <= stats["max_accepted_per_second"] <= 5
     assert stats["max_received_per_second"] >= stats["max_accepted_per_second"]
-    assert stats == {**sandbox.state.stats.to_json(), "rate_limit": 0}
+    assert stats["elapsed_seconds"] >= 0
+    assert stats == {
+        **sandbox.state.stats.to_json(),
+        "rate_limit": 0,
+        "read_rate_limit": None,
+        "elapsed_seconds": stats["elapsed_seconds"],
+    }
     reset = (await call(http, "POST", f"{sandbox.origin}/__sandbox__/reset_stats")).body
     assert reset["requests"] == {} and reset["total"] == 0
     assert reset["max_accepted_per_second"] == 0

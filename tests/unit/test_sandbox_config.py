@@ -10,6 +10,7 @@ from click.testing import CliRunner
 from worker.sandbox import FaultConfig, SandboxConfig
 from worker.sandbox import cli as sandbox_cli
 from worker.sandbox.config import ApplyThenFailMode, ConfigError, statuses_for
+from worker.sandbox.ratelimit import RateSchedule
 from worker.statuses import DEFAULT_STATUSES
 
 
@@ -130,6 +131,47 @@ def test_environment_variables(captured: list[tuple[SandboxConfig, str, int]]) -
     assert config.inspect
 
 
+def test_rate_limit_schedule_options(captured: list[tuple[SandboxConfig, str, int]]) -> None:
+    result = invoke(
+        [
+            "--rate-limit",
+            "50",
+            "--rate-limit-schedule",
+            "0:37,20:12,40:37",
+            "--read-rate-limit-schedule",
+            "0:5,1:2",
+        ]
+    )
+    assert result.exit_code == 0, result.output
+    result = invoke([], env={"KANTATA_SANDBOX_READ_RATE_LIMIT": "4"})
+    assert result.exit_code == 0, result.output
+    [(scheduled, _, _), (read_only, _, _)] = captured
+    assert scheduled.main_schedule == RateSchedule.parse("0:37,20:12,40:37")
+    assert scheduled.read_schedule == RateSchedule.parse("0:5,1:2")
+    assert read_only.main_schedule == RateSchedule.constant(0)
+    assert read_only.read_rate_limit == 4
+    assert read_only.read_schedule == RateSchedule.constant(4)
+
+
+@pytest.mark.parametrize(
+    ("option", "spec", "problem"),
+    [
+        ("--rate-limit-schedule", "5:3", "the first entry must be at 0 seconds"),
+        ("--rate-limit-schedule", "0:3,2:1,1:4", "strictly increasing"),
+        ("--read-rate-limit-schedule", "0:-2", "limit must be an integer >= 0"),
+        ("--read-rate-limit-schedule", "0:x", "limit 'x' is not an integer"),
+    ],
+)
+def test_bad_schedules_are_usage_errors_naming_the_problem(
+    captured: list[tuple[SandboxConfig, str, int]], option: str, spec: str, problem: str
+) -> None:
+    result = CliRunner().invoke(sandbox_cli.sandbox, [option, spec])
+    assert result.exit_code == 2
+    assert f"Invalid value for '{option}'" in result.output
+    assert problem in result.output
+    assert captured == []
+
+
 def test_help_shows_env_vars() -> None:
     result = invoke(["--help"])
     assert result.exit_code == 0
@@ -139,6 +181,9 @@ def test_help_shows_env_vars() -> None:
         "KANTATA_SANDBOX_STATUS_KEYS",
         "KANTATA_SANDBOX_APPLY_THEN_FAIL_RATE",
         "KANTATA_SANDBOX_INSPECT",
+        "KANTATA_SANDBOX_RATE_LIMIT_SCHEDULE",
+        "KANTATA_SANDBOX_READ_RATE_LIMIT",
+        "KANTATA_SANDBOX_READ_RATE_LIMIT_SCHEDULE",
     ):
         assert name in result.output
 
@@ -151,6 +196,7 @@ def test_help_shows_env_vars() -> None:
         ["--initial-status", "310", "--status-keys", "100"],
         ["--status-keys", "50"],
         ["--port", "70000"],
+        ["--read-rate-limit", "-1"],
     ],
 )
 def test_bad_options_are_usage_errors(

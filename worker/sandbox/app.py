@@ -1,6 +1,7 @@
 """The aiohttp application: the four Kantata OX routes under ``/api/v1``.
 
-Every API request passes, in order: an injected 429 burst, the strict rate limiter (429),
+Every API request passes, in order: an injected 429 burst, the strict rate limiter (429: the
+main window, or the read window for a GET or HEAD when reads are limited apart),
 added latency, injected 5xx / hang / dropped connection, authentication (401), the body shape
 (400), the workspace lookup (404), the edit permission (403), field validation (422), the change
 itself, and finally an injected "apply, then fail". A POST whose ``workspace_id`` or
@@ -28,7 +29,7 @@ from .errors import ErrorType, RequestError, unprocessable
 from .faults import NO_FAULT, FaultDecision, FaultInjector, FaultKind
 from .inspection import add_inspection_routes
 from .listing import page_of, parse_list_query, select
-from .ratelimit import SlidingWindowLimiter
+from .ratelimit import RateLimits
 from .render import (
     custom_field_values_json,
     dumps,
@@ -64,17 +65,26 @@ _SERVER_ERRORS = {
     503: _UNAVAILABLE,
 }
 
+READ_METHODS = frozenset({"GET", "HEAD"})
+"""Methods counted against the read window when the sandbox limits reads apart."""
+
 Operation = Callable[[web.Request], Awaitable[dict[str, Any]]]
 
 
 class Sandbox:
-    """One running sandbox: its configuration, state, rate limiter and fault injector."""
+    """One running sandbox: its configuration, state, rate limiters and fault injector.
+
+    ``started`` is the ``clock`` reading that rate-limit schedules count their seconds from.
+    """
 
     def __init__(self, config: SandboxConfig, clock: Callable[[], float] = time.monotonic) -> None:
         self.config = config
         self.clock = clock
         self.state = SandboxState(config)
-        self.limiter = SlidingWindowLimiter(config.rate_limit, self.state.stats.accepted)
+        self.started = clock()
+        self.rate_limits = RateLimits(
+            config.main_schedule, config.read_schedule, self.started, self.state.stats.accepted
+        )
         self.faults = FaultInjector(config.faults)
         self._retry_after = None if config.retry_after is None else str(config.retry_after)
 
@@ -83,7 +93,7 @@ class Sandbox:
         return web.Response(body=body, status=status, content_type=JSON)
 
     def too_many_requests(self) -> web.Response:
-        """The 429 answer, with ``Retry-After`` when configured."""
+        """The 429 answer, with ``Retry-After`` when configured and no other rate-limit header."""
         response = web.Response(body=_RATE_LIMITED, status=429, content_type=JSON)
         if self._retry_after is not None:
             response.headers["Retry-After"] = self._retry_after
@@ -114,7 +124,7 @@ class Sandbox:
             stats.faults[kind] += 1
             stats.record(route, 429)
             return self.too_many_requests()
-        if not self.limiter.try_acquire(now):
+        if not self.rate_limits.try_acquire(now, read=request.method in READ_METHODS):
             stats.rate_limited += 1
             stats.record(route, 429)
             return self.too_many_requests()

@@ -21,6 +21,7 @@ from .config import (
     SandboxConfig,
     statuses_for,
 )
+from .ratelimit import RateSchedule
 
 ENV_PREFIX = "KANTATA_SANDBOX_"
 SHUTDOWN_TIMEOUT = 1.0
@@ -33,6 +34,16 @@ def _int_list(ctx: click.Context, param: click.Parameter, value: str | None) -> 
         return tuple(int(item) for item in (value or "").split(",") if item.strip())
     except ValueError:
         raise click.BadParameter(f"{value!r} is not a comma-separated list of integers") from None
+
+
+def _schedule(ctx: click.Context, param: click.Parameter, value: str | None) -> RateSchedule | None:
+    """Parse a rate-limit schedule, e.g. ``0:37,20:12,40:37``; unset stays None."""
+    if value is None:
+        return None
+    try:
+        return RateSchedule.parse(value)
+    except ValueError as error:
+        raise click.BadParameter(str(error)) from None
 
 
 def _env(name: str) -> str:
@@ -122,6 +133,30 @@ async def serve(config: SandboxConfig, host: str, port: int) -> None:
     help="Accepted requests allowed in any one-second window; 0 = unlimited.",
 )
 @_option(
+    "--rate-limit-schedule",
+    callback=_schedule,
+    default=None,
+    metavar="SPEC",
+    help="Limits that change over time, as SECONDS:LIMIT,... counted from the start, e.g."
+    " 0:37,20:12,40:37 (first at 0, times increasing); overrides --rate-limit.",
+)
+@_option(
+    "--read-rate-limit",
+    type=click.IntRange(min=0),
+    default=None,
+    help="Give GET (and HEAD) requests a one-second window of their own with this limit"
+    " (0 = unlimited); they then do not count against --rate-limit. Omitted = GETs share the"
+    " main window.",
+)
+@_option(
+    "--read-rate-limit-schedule",
+    callback=_schedule,
+    default=None,
+    metavar="SPEC",
+    help="The read window's limit over time, as for --rate-limit-schedule; overrides"
+    " --read-rate-limit.",
+)
+@_option(
     "--retry-after",
     type=click.IntRange(min=0),
     default=None,
@@ -209,6 +244,9 @@ def sandbox(
     initial_status: int,
     forbidden: tuple[int, ...],
     rate_limit: int,
+    rate_limit_schedule: RateSchedule | None,
+    read_rate_limit: int | None,
+    read_rate_limit_schedule: RateSchedule | None,
     retry_after: int | None,
     error_rate: float,
     latency_ms: float,
@@ -224,7 +262,8 @@ def sandbox(
     request_log: int,
 ) -> None:
     """Serve a local Kantata OX sandbox (GET /workspaces, PUT/GET /workspaces/{id}, POST
-    /workspace_status_changes) with auth, a strict rate limit and fault injection."""
+    /workspace_status_changes) with auth, a strict rate limit (optionally changing over time,
+    optionally separate for reads) and fault injection."""
     try:
         faults = FaultConfig(
             error_rate=error_rate,
@@ -245,6 +284,9 @@ def sandbox(
             initial_status=initial_status,
             forbidden=frozenset(forbidden),
             rate_limit=rate_limit,
+            rate_limit_schedule=rate_limit_schedule,
+            read_rate_limit=read_rate_limit,
+            read_rate_limit_schedule=read_rate_limit_schedule,
             retry_after=retry_after,
             faults=faults,
             inspect=inspect,

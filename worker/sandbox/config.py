@@ -11,6 +11,8 @@ from typing import Any
 
 from worker.statuses import DEFAULT_STATUSES, color_for
 
+from .ratelimit import RateSchedule
+
 DEFAULT_TOKEN = "sandbox-token"
 
 
@@ -121,7 +123,11 @@ class SandboxConfig:
 
     ``forbidden`` lists workspaces every token may read but not edit (PUT and POST get 403).
     ``rate_limit`` is the number of accepted requests allowed in any one-second window, shared
-    by all tokens (0 = unlimited). ``retry_after`` is sent as ``Retry-After`` on 429 when set.
+    by all tokens (0 = unlimited); ``rate_limit_schedule``, when set, replaces it with limits
+    that change with the seconds since the sandbox started. ``read_rate_limit`` (or
+    ``read_rate_limit_schedule``), when set, gives reads (GET, HEAD) a one-second window of
+    their own, and they then no longer count against the main one. ``retry_after`` is sent as
+    ``Retry-After`` on 429 when set; no other rate-limit header is ever sent.
     ``request_log`` keeps the latest API requests (method, target, body, status) in memory.
     """
 
@@ -131,6 +137,9 @@ class SandboxConfig:
     initial_status: int = 100
     forbidden: frozenset[int] = frozenset()
     rate_limit: int = 0
+    rate_limit_schedule: RateSchedule | None = None
+    read_rate_limit: int | None = None
+    read_rate_limit_schedule: RateSchedule | None = None
     retry_after: int | None = None
     faults: FaultConfig = field(default_factory=FaultConfig)
     inspect: bool = False
@@ -149,6 +158,12 @@ class SandboxConfig:
             raise ConfigError(f"initial status {self.initial_status} is not an enabled status key")
         if self.rate_limit < 0:
             raise ConfigError("rate_limit must be >= 0")
+        if self.read_rate_limit is not None and self.read_rate_limit < 0:
+            raise ConfigError("read_rate_limit must be >= 0")
+        for name in ("rate_limit_schedule", "read_rate_limit_schedule"):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, RateSchedule):
+                raise ConfigError(f"{name} must be a RateSchedule (see RateSchedule.parse)")
         if self.request_log < 0:
             raise ConfigError("request_log must be >= 0")
         if self.retry_after is not None and self.retry_after < 0:
@@ -158,3 +173,19 @@ class SandboxConfig:
         object.__setattr__(self, "tokens", tuple(self.tokens))
         object.__setattr__(self, "forbidden", frozenset(self.forbidden))
         object.__setattr__(self, "statuses", dict(self.statuses))
+
+    @property
+    def main_schedule(self) -> RateSchedule:
+        """The limit of the main window over time (a constant ``rate_limit`` unless scheduled)."""
+        if self.rate_limit_schedule is not None:
+            return self.rate_limit_schedule
+        return RateSchedule.constant(self.rate_limit)
+
+    @property
+    def read_schedule(self) -> RateSchedule | None:
+        """The limit of the read window over time; None when reads share the main window."""
+        if self.read_rate_limit_schedule is not None:
+            return self.read_rate_limit_schedule
+        if self.read_rate_limit is not None:
+            return RateSchedule.constant(self.read_rate_limit)
+        return None

@@ -115,9 +115,14 @@ class InspectionHandlers:
         return _json({"status_changes": [c.to_json() for c in self.sandbox.state.history]})
 
     async def stats(self, request: web.Request) -> web.Response:
-        """``GET /__sandbox__/stats``."""
-        data = self.sandbox.state.stats.to_json()
-        data["rate_limit"] = self.sandbox.limiter.limit
+        """``GET /__sandbox__/stats``: the counters, the limits in force now (``rate_limit``;
+        ``read_rate_limit``, null when reads share the main window) and ``elapsed_seconds``,
+        the sandbox clock's seconds since it started (what schedules count from)."""
+        sandbox = self.sandbox
+        data = sandbox.state.stats.to_json()
+        now = sandbox.clock()
+        data["rate_limit"], data["read_rate_limit"] = sandbox.rate_limits.limits_at(now)
+        data["elapsed_seconds"] = round(now - sandbox.started, 3)
         return _json(data)
 
     async def reset_stats(self, request: web.Request) -> web.Response:
