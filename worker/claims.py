@@ -84,7 +84,11 @@ class ClaimStatements:
     def _reclaim(taken_over: sa.ColumnElement[bool], postgres: bool) -> Any:
         expired = sa.select(c.id).where(c.state == State.IN_FLIGHT, taken_over).order_by(c.id)
         if postgres:
-            expired = expired.with_for_update()  # locked in ID order, like every other writer
+            # Rows another session holds (a frozen worker's write-back, which PostgreSQL ends
+            # after idle_in_transaction_session_timeout) are left for a later claim: a claim
+            # never waits on another worker's row locks, so one stalled process cannot stop
+            # the fleet.
+            expired = expired.with_for_update(skip_locked=True)
         return (
             sa.update(sync_changes)
             .where(c.id.in_(expired.scalar_subquery()))

@@ -14,10 +14,18 @@ import tomllib
 import unicodedata
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from .exceptions import ConfigError
 
@@ -28,6 +36,7 @@ CREDENTIAL_NAME = "kantata-token"
 DEFAULT_HTTP_HOST = "127.0.0.1"
 DEFAULT_HTTP_PORT = 9464
 """Where ``serve`` listens by default; 9464 is a common choice for an application's exporter."""
+MAX_RATE_LIMIT = 10_000
 MAX_TOKEN_FILE_BYTES = 65_536
 """A token file longer than this is not a token file (``/dev/zero``, a log, a dump)."""
 
@@ -41,8 +50,13 @@ class Settings(BaseModel):
     api_base_url: str = DEFAULT_API_BASE_URL
     token: SecretStr | None = None
     token_file: Path | None = None
-    rate_limit: float = Field(default=10.0, ge=0, le=10_000)
-    """Requests per second for this token, shared by all workers; 0 turns the limiter off."""
+    rate_limit: Annotated[float, Field(ge=0, le=MAX_RATE_LIMIT)] | Literal["auto"] = 10.0
+    """Requests per second for this token, shared by all workers; 0 turns the limiter off;
+    ``"auto"`` learns the highest rate the token sustains without 429s."""
+    rate_limit_min: float = Field(default=1.0, gt=0, le=10_000)
+    """With ``rate_limit = "auto"``: the learned rate never goes below this."""
+    rate_limit_max: float = Field(default=250.0, gt=0, le=10_000)
+    """With ``rate_limit = "auto"``: the learned rate never goes above this."""
     concurrency: int = Field(default=8, ge=1, le=512)
     max_attempts: int = Field(default=5, ge=1, le=100)
     retry_base_delay: float = Field(default=1.0, ge=0, le=3600)
@@ -82,6 +96,27 @@ class Settings(BaseModel):
                 raise ValueError(problem)
         return value
 
+    @field_validator("rate_limit", mode="before")
+    @classmethod
+    def _rate_or_auto(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = value.strip().lower()
+            if value == "auto":
+                return value
+            try:
+                value = float(value)
+            except ValueError:
+                value = None
+        what = 'requests per second (0: no limit) or "auto" (learn it)'
+        if value is None or isinstance(value, bool):
+            raise ValueError(f"must be {what}")
+        if isinstance(value, int | float):
+            if not value >= 0:
+                raise ValueError(f"must be greater than or equal to 0: {what}")
+            if value > MAX_RATE_LIMIT:
+                raise ValueError(f"must be at most {MAX_RATE_LIMIT}: {what}")
+        return value
+
     @field_validator("api_base_url")
     @classmethod
     def _https_unless_loopback(cls, value: str) -> str:
@@ -101,6 +136,25 @@ class Settings(BaseModel):
         if scheme in {"postgresql", "postgres", "postgresql+asyncpg"}:
             return "postgresql+asyncpg://" + rest
         raise ValueError("must start with sqlite:// or postgresql://")
+
+    @model_validator(mode="after")
+    def _rate_bounds(self) -> Settings:
+        if self.rate_limit_min > self.rate_limit_max:
+            raise ValueError(
+                f"rate_limit_min ({self.rate_limit_min}) is above rate_limit_max"
+                f" ({self.rate_limit_max})"
+            )
+        return self
+
+    @property
+    def learns_rate(self) -> bool:
+        """Whether the rate limit is learned (``rate_limit = "auto"``)."""
+        return self.rate_limit == "auto"
+
+    @property
+    def rate_budget(self) -> float:
+        """The fixed budget in requests/s, or the learned one's ceiling; 0: no limit."""
+        return self.rate_limit_max if self.rate_limit == "auto" else float(self.rate_limit)
 
     def api_token(self) -> str:
         """The token itself; only the HTTP client should call this."""

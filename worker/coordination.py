@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import math
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
@@ -26,7 +27,9 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from . import learning
 from .db import ride_out, sqlite_path, transaction, translate_errors
+from .learning import Bounds, Learned
 from .models import sync_rate_limits, sync_workers
 from .ratelimit import (
     HEADROOM,
@@ -43,9 +46,53 @@ DATA_VERSION_POLL = 0.05
 r = sync_rate_limits.c
 
 
-def token_key(token: str) -> str:
-    """A stable, non-reversible name for a token's budget."""
-    return "sha256:" + hashlib.sha256(token.encode("utf-8")).hexdigest()[:32]
+def token_key(token: str, endpoint_class: str | None = None) -> str:
+    """A stable, non-reversible name for a token's budget (a learned one: per endpoint class)."""
+    key = "sha256:" + hashlib.sha256(token.encode("utf-8")).hexdigest()[:32]
+    return f"{key}/{endpoint_class}" if endpoint_class else key
+
+
+def learned_of(row: Any) -> Learned:
+    """The learned state stored in a ``sync_rate_limits`` row."""
+    return Learned(
+        rate=row.rate,
+        good=row.good,
+        bad=math.inf if row.bad is None else row.bad,
+        step_at=row.step_at,
+        used=row.step_used,
+        refused=row.step_refused,
+        lowered_at=-math.inf if row.lowered_at is None else row.lowered_at,
+        probed_at=row.probed_at,
+        estimated_at=-math.inf if row.estimated_at is None else row.estimated_at,
+    )
+
+
+def learned_values(state: Learned) -> dict[str, Any]:
+    """The columns that store ``state`` (infinities as NULL)."""
+
+    def finite(value: float) -> float | None:
+        return value if math.isfinite(value) else None
+
+    return {
+        "rate": state.rate,
+        "good": state.good,
+        "bad": finite(state.bad),
+        "step_at": state.step_at,
+        "step_used": state.used,
+        "step_refused": state.refused,
+        "lowered_at": finite(state.lowered_at),
+        "probed_at": state.probed_at,
+        "estimated_at": finite(state.estimated_at),
+    }
+
+
+def learn_from(
+    state: Learned, bounds: Bounds, now: float, count: int, *, refused: int, unused: int
+) -> Learned:
+    """Pure: a reservation's news (429s seen, slots gone unsent, slots wanted) applied."""
+    for _ in range(refused):
+        state = learning.throttled(state, now, bounds)
+    return learning.taken(state, count, now, bounds, unused=unused)
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,6 +150,108 @@ class Coordinator:
             )
 
         return source
+
+    def learning_source(
+        self,
+        token: str,
+        bounds: Bounds,
+        endpoint_class: str,
+        *,
+        max_pause: float = 120.0,
+        db_retry_seconds: float = 30.0,
+    ) -> Any:
+        """A :class:`~worker.ratelimit.SlotSource` whose rate is learned (``rate_limit = auto``)."""
+        key = token_key(token, endpoint_class)
+
+        async def source(
+            count: int, throttled: float | None, *, refused: int = 0, unused: int = 0
+        ) -> SlotBlock:
+            return await ride_out(
+                lambda: self.reserve_learned(
+                    key,
+                    bounds,
+                    count,
+                    throttled,
+                    refused=refused,
+                    unused=unused,
+                    max_pause=max_pause,
+                ),
+                within=db_retry_seconds,
+            )
+
+        return source
+
+    async def reserve_learned(
+        self,
+        key: str,
+        bounds: Bounds,
+        count: int,
+        throttled: float | None = None,
+        *,
+        refused: int = 0,
+        unused: int = 0,
+        max_pause: float = 120.0,
+    ) -> SlotBlock:
+        """Take ``count`` slots at the learned rate, after learning from this worker's news.
+
+        ``refused`` 429s and ``unused`` slots (dropped or given up) since its last reservation;
+        ``throttled`` is a ``Retry-After`` to honour (0 or None: none was given, and a learned
+        budget pauses for none: the step down is the answer).
+        """
+        async with transaction(self.engine, "reserving rate budget") as conn:
+            sent = time.monotonic()
+            now = await self._db_now(conn)
+            local = time.monotonic()
+            await self._ensure_learned_row(conn, key, bounds, now)
+            row = (
+                await conn.execute(
+                    sa.select(sync_rate_limits).where(r.token_key == key).with_for_update()
+                )
+            ).one()
+            before = learned_of(row)
+            state = learn_from(
+                replace(before, rate=bounds.clamp(before.rate)),
+                bounds,
+                now,
+                count,
+                refused=refused,
+                unused=unused,
+            )
+            paused_until = min(row.paused_until, now + max_pause)
+            if throttled:
+                paused_until = max(paused_until, now + min(throttled, max_pause))
+            start = max(row.next_slot, now, paused_until)
+            spacing = 1.0 / state.rate
+            values = learned_values(state)
+            values.update(
+                budget=bounds.ceiling,
+                changed_at=now,
+                next_slot=start + count * spacing,
+                paused_until=paused_until,
+                reserved=r.reserved + count,
+                throttled=r.throttled + refused,
+            )
+            await conn.execute(
+                sa.update(sync_rate_limits).where(r.token_key == key).values(**values)
+            )
+            return SlotBlock(now, start, spacing, count, local=local, sent=sent, learned=state.good)
+
+    async def _ensure_learned_row(
+        self, conn: AsyncConnection, key: str, bounds: Bounds, now: float
+    ) -> None:
+        values = {
+            "token_key": key,
+            "budget": bounds.ceiling,
+            "auto": True,
+            "changed_at": now,
+            **learned_values(learning.start(bounds, now)),
+        }
+        insert: Any = (
+            postgresql.insert(sync_rate_limits)
+            if self.dialect == "postgresql"
+            else sqlite.insert(sync_rate_limits)
+        )
+        await conn.execute(insert.values(**values).on_conflict_do_nothing())
 
     async def _db_now(self, conn: AsyncConnection) -> float:
         if self.dialect == "postgresql":
@@ -206,9 +355,17 @@ class Coordinator:
 
         Tokens appear by fingerprint only; ``status`` shows them to the operator.
         """
-        query = sa.select(r.token_key, r.budget, r.rate, r.throttled, r.paused_until).order_by(
-            r.token_key
-        )
+        query = sa.select(
+            r.token_key,
+            r.budget,
+            r.rate,
+            r.throttled,
+            r.paused_until,
+            r.auto,
+            r.good,
+            r.bad,
+            r.reserved,
+        ).order_by(r.token_key)
         async with translate_errors("reading the rate budgets"), self.engine.connect() as conn:
             rows = (await conn.execute(query)).all()
         return [dict(row._mapping) for row in rows]
@@ -291,3 +448,26 @@ def shared_limiter(
         token, budget * HEADROOM, max_pause=max_pause, db_retry_seconds=db_retry_seconds
     )
     return SharedRateLimiter(budget, source)
+
+
+def learning_limiter(
+    coordinator: Coordinator,
+    token: str,
+    bounds: Bounds,
+    endpoint_class: str,
+    *,
+    max_pause: float = 120.0,
+    db_retry_seconds: float = 30.0,
+) -> SharedRateLimiter:
+    """The limiter of ``rate_limit = "auto"``: one learned budget per token and endpoint class."""
+    source = coordinator.learning_source(
+        token, bounds, endpoint_class, max_pause=max_pause, db_retry_seconds=db_retry_seconds
+    )
+    return SharedRateLimiter(
+        bounds.ceiling,
+        source,
+        headroom=1.0,
+        initial_rate=bounds.floor,
+        endpoint_class=endpoint_class,
+        learns=True,
+    )

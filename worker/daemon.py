@@ -123,7 +123,7 @@ class Daemon:
             self.sweeper = Sweeper(
                 self.store,
                 dispatcher.client,
-                dispatcher.limiter,
+                dispatcher.read_limiter,
                 self.settings,
                 self.metrics,
                 blocked=lambda: self.health.token_problem or self.health.database_problem,
@@ -329,6 +329,7 @@ class Daemon:
         if problem is not None:
             raise DatabaseError(problem)
         self._counts = await refresh_queue_metrics(self.store, self.metrics)
+        self.dispatcher.export_rates()
         now = datetime.now(UTC)
         if busy:
             return False

@@ -94,7 +94,7 @@ def _configure_sqlite(engine: AsyncEngine) -> None:
         connection.exec_driver_sql("BEGIN IMMEDIATE")
 
 
-SCHEMA_HEAD = "0004"
+SCHEMA_HEAD = "0005"
 """The newest migration this version ships, as a constant so that a ``run`` need not load
 alembic to check the schema (a test keeps it equal to alembic's own head)."""
 

@@ -83,6 +83,7 @@ class Dispatcher:
         settings: Settings,
         *,
         limiter: Limiter | None = None,
+        read_limiter: Limiter | None = None,
         breaker: CircuitBreaker | None = None,
         coordinator: Coordinator | None = None,
         metrics: Metrics | None = None,
@@ -94,7 +95,8 @@ class Dispatcher:
         self.store = store
         self.client = client
         self.settings = settings
-        self.limiter: Limiter = limiter or RateLimiter(settings.rate_limit)
+        self.limiter: Limiter = limiter or RateLimiter(settings.rate_budget)
+        self.read_limiter: Limiter = read_limiter or self.limiter
         self.breaker = breaker or CircuitBreaker(
             settings.breaker_threshold, settings.breaker_cooldown
         )
@@ -190,6 +192,7 @@ class Dispatcher:
             client=self.client,
             settings=self.settings,
             limiter=self.limiter,
+            read_limiter=self.read_limiter,
             breaker=self.breaker,
             metrics=self.metrics,
             ledger=self._ledger,
@@ -211,6 +214,7 @@ class Dispatcher:
             self.log.error("run.unrecorded", error=str(exc))
             self._fatal = self._fatal or exc
         self.metrics.run_duration.set(duration)
+        self.export_rates()
         if ended_because in {RunEnding.DRAINED, RunEnding.STOPPED}:
             self.metrics.last_success.set(time.time())
         self._ledger.summarise(ended_because, duration, self._fatal)
@@ -285,6 +289,7 @@ class Dispatcher:
                 task.cancel()
             await asyncio.gather(*workers, heartbeat, *proofs, return_exceptions=True)
             await self.limiter.settle()
+            await self.read_limiter.settle()
             # The flusher is stopped, never cancelled: a cancelled write-back would roll back.
             flushing_done.set()
             await asyncio.gather(flusher, return_exceptions=True)
@@ -459,6 +464,12 @@ class Dispatcher:
 
     async def _release_held(self) -> None:
         await self._ledger.release_held(self.store, self.clock())
+
+    def export_rates(self) -> None:
+        """Set the rate gauges from the limiters (none when the rate limit is off)."""
+        for limiter in dict.fromkeys([self.limiter, self.read_limiter]):
+            if limiter.budget > 0:
+                self.metrics.limiter(limiter)
 
     async def flush(self) -> None:
         """Write buffered results, releases and attempt records now."""

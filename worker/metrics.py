@@ -19,8 +19,9 @@ Hygiene, per :class:`Metrics` object rather than through prometheus_client's glo
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Iterable, Iterator, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import (
     CollectorRegistry,
@@ -35,6 +36,9 @@ from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 
 from . import __version__
+
+if TYPE_CHECKING:
+    from .ratelimit import Limiter
 
 NAMESPACE = "kantata_sync"
 QUEUE_STATES = ("pending", "in_flight")
@@ -195,9 +199,46 @@ class Metrics:
             registry=r,
         )
 
+        self.rate_current = Gauge(
+            f"{NAMESPACE}_rate_limit_current_per_second",
+            "The rate requests are paced at, by endpoint class (all: one fixed budget)",
+            ["endpoint_class"],
+            registry=r,
+        )
+        self.rate_learned = Gauge(
+            f"{NAMESPACE}_rate_limit_learned_per_second",
+            'rate_limit = "auto": the highest rate known to draw no 429, by endpoint class',
+            ["endpoint_class"],
+            registry=r,
+        )
+        self.rate_throttled_ratio = Gauge(
+            f"{NAMESPACE}_rate_limit_throttled_ratio",
+            "The share of this process's rate-limited requests that drew a 429",
+            ["endpoint_class"],
+            registry=r,
+        )
+
         # Labelled children, looked up once: ``labels()`` costs more than the increment.
         self._request_children: dict[tuple[str, str], tuple[Any, Any]] = {}
         self._change_children: dict[tuple[str, str, str], Any] = {}
+        self._limiter_children: dict[str, tuple[Any, Any, Any]] = {}
+
+    def limiter(self, limiter: Limiter) -> None:
+        """Export a limiter's rate, learned ceiling and 429 share."""
+        name = limiter.endpoint_class
+        children = self._limiter_children.get(name)
+        if children is None:
+            children = self._limiter_children[name] = (
+                self.rate_current.labels(name),
+                self.rate_learned.labels(name),
+                self.rate_throttled_ratio.labels(name),
+            )
+        rate = limiter.rate
+        children[0].set(rate if math.isfinite(rate) else 0.0)
+        if limiter.learned is not None:
+            children[1].set(limiter.learned)
+        if limiter.acquired:
+            children[2].set(limiter.throttled / limiter.acquired)
 
     def request(self, endpoint: str, code: str, seconds: float) -> None:
         """Count one HTTP request to ``endpoint`` (``"PUT /workspaces/{id}"``), observe its

@@ -142,4 +142,15 @@ sync_rate_limits = sa.Table(
     sa.Column("paused_until", sa.Float, nullable=False, server_default="0"),
     sa.Column("changed_at", sa.Float, nullable=False, server_default="0"),
     sa.Column("throttled", sa.BigInteger, nullable=False, server_default="0"),
+    # rate_limit = "auto": what is learned of the limit (worker.learning.Learned).
+    sa.Column("auto", sa.Boolean, nullable=False, server_default=sa.false()),
+    sa.Column("good", sa.Float, nullable=False, server_default="0"),
+    sa.Column("bad", sa.Float, nullable=True),
+    sa.Column("step_at", sa.Float, nullable=False, server_default="0"),
+    sa.Column("step_used", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("step_refused", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("lowered_at", sa.Float, nullable=True),
+    sa.Column("probed_at", sa.Float, nullable=False, server_default="0"),
+    sa.Column("estimated_at", sa.Float, nullable=True),
+    sa.Column("reserved", sa.BigInteger, nullable=False, server_default="0"),
 )

@@ -170,7 +170,7 @@ class BulkProver:
         if isinstance(answer, ApiResponse) and status == 429:
             self.ledger.stats.rate_limited += 1
             runner.metrics.throttled.inc()
-            runner.limiter.on_throttled(
+            runner.limiter_for(GET_WORKSPACES).on_throttled(
                 shared_pause(answer.retry_after, runner.settings.max_retry_after)
             )
         runner.metrics.request(

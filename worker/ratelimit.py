@@ -17,7 +17,7 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from asyncio_throttle import Throttler
 
@@ -71,6 +71,9 @@ class RateLimiter:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.budget = budget * headroom
+        self.endpoint_class = "all"
+        self.learned: float | None = None
+        self.acquired = 0
         self._clock = clock
         self._state = RateState(self.budget, clock())
         self._lock = asyncio.Lock()
@@ -103,6 +106,7 @@ class RateLimiter:
                 await asyncio.sleep(self._next - now)
             self._next += 1.0 / self._state.rate
             await self._throttler.acquire()
+            self.acquired += 1
         return self._clock() - started
 
     async def settle(self) -> None:
@@ -129,6 +133,12 @@ class Limiter(Protocol):
 
     budget: float
     throttled: int
+    acquired: int
+    """Slots handed out (requests sent, or about to be)."""
+    learned: float | None
+    """A learned budget's highest rate known good; None for a fixed budget."""
+    endpoint_class: str
+    """``write``, ``read``, or ``all`` where one budget serves every request."""
 
     @property
     def rate(self) -> float: ...
@@ -147,7 +157,11 @@ class Limiter(Protocol):
 
 
 class SlotSource(Protocol):
-    """Where a shared limiter gets its send slots (the database, in production)."""
+    """Where a shared limiter gets its send slots (the database, in production).
+
+    A learning source also hears, as ``refused`` and ``unused``, the 429s seen and the slots
+    gone unsent since the last reservation.
+    """
 
     async def __call__(self, count: int, throttled: float | None) -> SlotBlock: ...
 
@@ -165,6 +179,8 @@ class SlotBlock:
     sent: float | None = None
     """Our monotonic clock when the request for this block left; with ``local`` it bounds the
     round trip, and so the error of the clock sample."""
+    learned: float | None = None
+    """A learned budget's highest rate known good (None: a fixed budget)."""
 
 
 class SharedRateLimiter:
@@ -185,14 +201,26 @@ class SharedRateLimiter:
         block_seconds: float = 0.1,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        initial_rate: float | None = None,
+        endpoint_class: str = "all",
+        learns: bool = False,
     ) -> None:
         self.budget = budget * headroom
+        self.endpoint_class = endpoint_class
+        self.learns = learns
+        """Whether the source learns the rate (``rate_limit = "auto"``); it then hears the
+        429s and the unsent slots with each reservation."""
+        self.learned: float | None = None
+        """The learned budget's highest rate known good, as of the last reservation."""
+        self.acquired = 0
+        self._refused = 0
+        self._unused = 0
         self._source = source
         self._sleep = sleep
         self._block_seconds = block_seconds
         self._clock = clock
         self._slots: deque[float] = deque()
-        self._rate = self.budget
+        self._rate = initial_rate if initial_rate is not None else self.budget
         self._spacing = 1.0 / self.budget if self.budget > 0 else 0.0
         self._pending_throttle: float | None = None
         self._low_water = 0
@@ -231,6 +259,8 @@ class SharedRateLimiter:
                 # slot's time is gone, and sending now would crowd the next holder's.
                 skipped += 1
                 self.skipped += 1
+                self._unused += 1
+            self.acquired += 1
         return self._clock() - started
 
     def _tolerance(self) -> float:
@@ -262,6 +292,7 @@ class SharedRateLimiter:
             if late_ok and (not self._slots or self._slots[0] > now):
                 return slot
             self.skipped += 1
+            self._unused += 1
 
     async def _refill(self) -> None:
         try:
@@ -273,14 +304,24 @@ class SharedRateLimiter:
         count = max(1, round(self._rate * self._block_seconds))
         self._low_water = count // 2
         throttled, self._pending_throttle = self._pending_throttle, None
+        refused, unused, self._refused, self._unused = self._refused, self._unused, 0, 0
         generation = self._generation
         try:
-            block = await self._source(count, throttled)
+            if self.learns:
+                source: Any = self._source
+                block = await source(count, throttled, refused=refused, unused=unused)
+            else:
+                block = await self._source(count, throttled)
         except BaseException:
             if throttled is not None:
                 self._pending_throttle = max(self._pending_throttle or 0.0, throttled)
+            self._refused += refused
+            self._unused += unused
             raise
+        if block.learned is not None:
+            self._note_learned(block.learned)
         if generation != self._generation:
+            self._unused += block.count
             return  # a 429 came while this block was reserved at the old rate: drop it
         offset = self._offset(block)
         if not self._calibrated:
@@ -297,9 +338,22 @@ class SharedRateLimiter:
         self._note_rate(1.0 / block.spacing)
         self._slots.extend(block.first + i * block.spacing - offset for i in range(block.count))
 
+    def _note_learned(self, learned: float) -> None:
+        """Log the learned ceiling when it moves (by more than 1%)."""
+        before, self.learned = self.learned, learned
+        if learned > 0 and (before is None or abs(learned - before) > 0.01 * max(before, 1e-9)):
+            get_logger().info(
+                "rate.learned",
+                endpoint_class=self.endpoint_class,
+                learned_per_s=round(learned, 2),
+                from_per_s=None if before is None else round(before, 2),
+            )
+
     def _note_rate(self, rate: float) -> None:
         """Take the shared rate; its changes are logged once each (lowered, back to budget)."""
         before, self._rate = self._rate, rate
+        if self.learns:
+            return  # a learned rate moves every step; its ceiling's moves are logged
         if rate < before * 0.999:
             get_logger().warning(
                 "rate.lowered", rate_per_s=round(rate, 3), from_per_s=round(before, 3)
@@ -327,7 +381,9 @@ class SharedRateLimiter:
 
     def on_throttled(self, retry_after: float | None) -> None:
         self.throttled += 1
+        self._refused += 1
         self._generation += 1
+        self._unused += len(self._slots)
         self._slots.clear()
         self._pending_throttle = max(self._pending_throttle or 0.0, retry_after or 0.0)
 

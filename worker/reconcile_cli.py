@@ -162,7 +162,7 @@ async def _verify(
     async with open_store(settings) as store:
         outbox = OutboxReader(store.engine)
         high_water = await outbox.high_water()
-        limiter = make_limiter(settings, Coordinator(store.engine))
+        limiter = make_limiter(settings, Coordinator(store.engine), reads=True)
         drifted: list[Drift] = []
         repairs: JSONObject = {}
 

@@ -105,15 +105,7 @@ def status_data(
 ) -> dict[str, Any]:
     """What ``status`` shows, as one JSON-ready object."""
     return {
-        "rate_budgets": [
-            {
-                "token": b["token_key"],
-                "budget_per_s": round(b["budget"], 3),
-                "rate_per_s": round(b["rate"], 3),
-                "rate_limited_total": b["throttled"],
-            }
-            for b in budgets or []
-        ],
+        "rate_budgets": [budget_data(b) for b in budgets or []],
         "states": counts,
         "outcomes": [
             {"state": state, "outcome": outcome, "count": count}
@@ -135,6 +127,26 @@ def status_data(
     }
 
 
+def budget_data(row: dict[str, Any]) -> dict[str, Any]:
+    """One ``sync_rate_limits`` row as ``status`` shows it (learned budgets say what is known)."""
+    data: dict[str, Any] = {
+        "token": row["token_key"],
+        "mode": "auto" if row.get("auto") else "fixed",
+        "budget_per_s": round(row["budget"], 3),
+        "rate_per_s": round(row["rate"], 3),
+        "rate_limited_total": row["throttled"],
+    }
+    if row.get("auto"):
+        reserved = int(row.get("reserved") or 0)
+        data.update(
+            learned_per_s=round(row["good"], 3) if row.get("good") else None,
+            lowest_refused_per_s=round(row["bad"], 3) if row.get("bad") is not None else None,
+            requests_total=reserved,
+            throttled_fraction=round(row["throttled"] / reserved, 5) if reserved else None,
+        )
+    return data
+
+
 def print_status(data: dict[str, Any]) -> None:
     from rich.table import Table
 
@@ -151,6 +163,18 @@ def print_status(data: dict[str, Any]) -> None:
     workers = ", ".join(f"{w['name']} ({w['command']} on {w['host']})" for w in data["workers"])
     out.print(f"live workers: {workers or 'none'}")
     for b in data["rate_budgets"]:
+        if b["mode"] == "auto":
+            learned = b["learned_per_s"]
+            refused = b["lowest_refused_per_s"]
+            fraction = b["throttled_fraction"]
+            out.print(
+                f"learned rate budget {b['token']}: sending at {b['rate_per_s']:g}/s; "
+                f"known good {f'{learned:g}/s' if learned else 'not yet'}, "
+                f"429 at {f'{refused:g}/s' if refused else 'not yet seen'} "
+                f"(ceiling {b['budget_per_s']:g}/s); {b['rate_limited_total']} answers of 429"
+                + (f" ({fraction:.2%} of requests)" if fraction is not None else "")
+            )
+            continue
         out.print(
             f"rate budget {b['token']}: {b['rate_per_s']:g}/s of {b['budget_per_s']:g}/s, "
             f"{b['rate_limited_total']} answers of 429 so far"

@@ -22,9 +22,10 @@ from datetime import UTC, datetime
 from . import db as dbmod
 from .client import KantataClient
 from .config import Settings
-from .coordination import Coordinator, shared_limiter
+from .coordination import Coordinator, learning_limiter, shared_limiter
 from .dispatcher import Dispatcher, default_worker_name
 from .exceptions import NotMigratedError
+from .learning import Bounds
 from .metrics import Metrics
 from .ratelimit import Limiter, RateLimiter
 from .store import Store
@@ -37,14 +38,27 @@ def named(settings: Settings) -> Settings:
     return settings.model_copy(update={"worker_name": default_worker_name()})
 
 
-def make_limiter(settings: Settings, coordinator: Coordinator) -> Limiter:
-    """The shared budget when a rate is set; no limiter at all when it is 0."""
-    if settings.rate_limit <= 0:
+def make_limiter(settings: Settings, coordinator: Coordinator, *, reads: bool = False) -> Limiter:
+    """The shared budget when a rate is set; no limiter at all when it is 0.
+
+    A learned budget (``rate_limit = "auto"``) is kept per endpoint class: ``reads`` gets the
+    budget of GETs, which Kantata limits apart. A fixed budget serves every request.
+    """
+    if settings.learns_rate:
+        return learning_limiter(
+            coordinator,
+            settings.api_token(),
+            Bounds(settings.rate_limit_min, settings.rate_limit_max),
+            "read" if reads else "write",
+            max_pause=settings.max_retry_after,
+            db_retry_seconds=settings.db_retry_seconds,
+        )
+    if settings.rate_budget <= 0:
         return RateLimiter(0)
     return shared_limiter(
         coordinator,
         settings.api_token(),
-        settings.rate_limit,
+        settings.rate_budget,
         max_pause=settings.max_retry_after,
         db_retry_seconds=settings.db_retry_seconds,
     )
@@ -103,11 +117,15 @@ def dispatcher_for(
 ) -> Dispatcher:
     """The dispatcher of a syncing process: the registry and the shared budget on ``store``."""
     coordinator = Coordinator(store.engine)
+    limiter = make_limiter(settings, coordinator)
     return Dispatcher(
         store,
         client,
         settings,
-        limiter=make_limiter(settings, coordinator),
+        limiter=limiter,
+        read_limiter=make_limiter(settings, coordinator, reads=True)
+        if settings.learns_rate
+        else limiter,
         coordinator=coordinator,
         metrics=metrics,
     )

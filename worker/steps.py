@@ -62,6 +62,7 @@ class StepRunner:
         client: KantataClient,
         settings: Settings,
         limiter: Limiter,
+        read_limiter: Limiter | None = None,
         breaker: CircuitBreaker,
         metrics: Metrics,
         ledger: Ledger,
@@ -73,6 +74,8 @@ class StepRunner:
         self.client = client
         self.settings = settings
         self.limiter = limiter
+        self.read_limiter = read_limiter or limiter
+        """Reads' own budget where it is learned apart (``rate_limit = "auto"``)."""
         self.breaker = breaker
         self.metrics = metrics
         self.ledger = ledger
@@ -150,6 +153,10 @@ class StepRunner:
         )
         return True
 
+    def limiter_for(self, endpoint: str) -> Limiter:
+        """The budget an endpoint (``"GET /workspaces"``, ...) draws on."""
+        return self.read_limiter if endpoint.startswith("GET ") else self.limiter
+
     async def wait_for_slot(self, endpoint: str) -> float:
         """Wait for the breaker and the rate limiter; the seconds the limiter took.
 
@@ -160,7 +167,7 @@ class StepRunner:
             self.log.info(
                 "breaker.waited", seconds=round(paused, 3), phase=self.breaker.state.phase
             )
-        waited = await self.limiter.acquire()
+        waited = await self.limiter_for(endpoint).acquire()
         if self.halted():
             raise StepAbandoned(f"{endpoint} not sent: the run is stopping")
         return waited
@@ -221,7 +228,7 @@ class StepRunner:
             self.ledger.stats.rate_limited += 1
             self.metrics.throttled.inc()
             assert isinstance(answer, ApiResponse)
-            self.limiter.on_throttled(
+            self.limiter_for(endpoint).on_throttled(
                 shared_pause(answer.retry_after, self.settings.max_retry_after)
             )
         self.metrics.request(endpoint, str(status) if status else "none", duration_ms / 1000)

@@ -82,6 +82,9 @@ class PacedLimiter:
         self.share = share
         self.budget = inner.budget
         self.throttled = 0
+        self.acquired = 0
+        self.learned: float | None = None
+        self.endpoint_class = inner.endpoint_class
         self.blocked = blocked
         self.on_acquired = on_acquired
         self._clock = clock

@@ -28,6 +28,9 @@ class Shared:
     """Stands for the shared limiter: its current rate, when each slot was taken, and 429s."""
 
     budget = 19.6
+    endpoint_class = "read"
+    learned = None
+    acquired = 0
 
     def __init__(self, clock: FakeClock, rate: float = 20.0) -> None:
         self.clock = clock
