@@ -353,6 +353,8 @@ def _describe(exc: ValidationError, sources: Mapping[str, str]) -> str:
         message = error["msg"]
         if error["type"] == "extra_forbidden":
             message = "unknown setting"
+        elif error["type"] == "value_error":
+            message = message.removeprefix("Value error, ")
         where = f" (from {sources[key]})" if key in sources else ""
         lines.append(f"{key}: {message}{where}")
     return "; ".join(lines)

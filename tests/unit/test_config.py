@@ -573,3 +573,49 @@ def test_stray_top_level_keys_beside_the_table_are_an_error(tmp_path: Path) -> N
     path.write_text('concurrency = 3\nlog_level = "debug"\n[kantata_sync]\nrate_limit = 4\n')
     with pytest.raises(ConfigError, match=r"concurrency, log_level: outside the \[kantata_sync\]"):
         load_settings(path, {})
+
+
+@pytest.mark.parametrize(
+    ("env", "learns", "budget"),
+    [
+        ({"KANTATA_SYNC_RATE_LIMIT": "auto"}, True, 250.0),
+        ({"KANTATA_SYNC_RATE_LIMIT": " Auto "}, True, 250.0),
+        ({"KANTATA_SYNC_RATE_LIMIT": "auto", "KANTATA_SYNC_RATE_LIMIT_MAX": "40"}, True, 40.0),
+        ({"KANTATA_SYNC_RATE_LIMIT": "12.5", "KANTATA_SYNC_RATE_LIMIT_MAX": "5"}, False, 12.5),
+        ({"KANTATA_SYNC_RATE_LIMIT": "0"}, False, 0.0),
+        ({}, False, 10.0),
+    ],
+)
+def test_rate_limit_fixed_or_learned(env: dict[str, str], learns: bool, budget: float) -> None:
+    settings = load_settings(None, env)
+    assert (settings.learns_rate, settings.rate_budget) == (learns, budget)
+
+
+@pytest.mark.parametrize(
+    ("env", "fragment"),
+    [
+        ({"KANTATA_SYNC_RATE_LIMIT": "fast"}, "rate_limit: must be requests per second"),
+        ({"KANTATA_SYNC_RATE_LIMIT": "-1"}, "rate_limit: must be greater than or equal to 0"),
+        ({"KANTATA_SYNC_RATE_LIMIT": "nan"}, "rate_limit: must be greater than or equal to 0"),
+        ({"KANTATA_SYNC_RATE_LIMIT": "20000"}, "rate_limit: must be at most 10000"),
+        (
+            {"KANTATA_SYNC_RATE_LIMIT_MIN": "50", "KANTATA_SYNC_RATE_LIMIT_MAX": "10"},
+            "rate_limit_min (50.0) is above rate_limit_max (10.0)",
+        ),
+        ({"KANTATA_SYNC_RATE_LIMIT_MIN": "0"}, "rate_limit_min"),
+    ],
+)
+def test_rate_limit_errors_say_what_is_wrong(env: dict[str, str], fragment: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_settings(None, env)
+    assert fragment in str(info.value)
+
+
+def test_a_toml_auto_rate_limit(tmp_path: Path) -> None:
+    path = write(tmp_path, 'rate_limit = "auto"\nrate_limit_min = 2\nrate_limit_max = 60\n')
+    settings = load_settings(path, {})
+    assert (settings.rate_limit, settings.rate_limit_min, settings.rate_limit_max) == (
+        "auto",
+        2.0,
+        60.0,
+    )
