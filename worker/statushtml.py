@@ -219,11 +219,16 @@ def _budgets(data: StatusData, p: _Page) -> str:
     rows = []
     for b in data.budgets:
         paused = f"paused for {age(b.paused_for)}" if b.paused_for > 0 else ""
-        color = STATE_COLORS["succeeded"] if b.rate >= b.budget * 0.999 else "#edc948"
+        if b.learned is not None:
+            # A learned budget is healthy at its learned rate, far below its ceiling.
+            known = f"learned {b.learned:.3g}/s" if b.learned else "learning"
+            paused = f"{known} (ceiling {b.budget:.3g}/s)" + (f"; {paused}" if paused else "")
+        full = b.learned if b.learned else b.budget
+        color = STATE_COLORS["succeeded"] if b.rate >= full * 0.97 else "#edc948"
         rows.append(
             f'<tr data-token="{p.t(b.token)}" data-rate="{number(round(b.rate, 3))}" '
             f'data-budget="{number(round(b.budget, 3))}"><td><code>{p.t(b.token)}</code></td>'
-            f"<td>{meter(b.rate, b.budget, color, label=f'{b.rate:.3g}/s of {b.budget:.3g}/s')}"
+            f"<td>{meter(b.rate, full, color, label=f'{b.rate:.3g}/s of {full:.3g}/s')}"
             f"</td><td class=num>{b.rate:.3g}/s of {b.budget:.3g}/s</td>"
             f"<td class=num>{b.throttled}</td><td>{escape(paused)}</td></tr>"
         )

@@ -91,6 +91,8 @@ class Budget:
     throttled: int
     paused_for: float
     """Seconds the shared schedule is still paused for after a 429 (0 when it is not)."""
+    learned: float | None = None
+    """``rate_limit = "auto"``: the highest rate known good (0: none yet); None: fixed."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -290,6 +292,7 @@ def budgets_from(rows: Iterable[Mapping[str, Any]], now: datetime) -> tuple[Budg
             rate=float(row["rate"]),
             throttled=int(row["throttled"]),
             paused_for=max(float(row["paused_until"]) - now.timestamp(), 0.0),
+            learned=float(row.get("good") or 0.0) if row.get("auto") else None,
         )
         for row in rows
     )

@@ -375,3 +375,33 @@ def test_the_time_axis_labels_round_times(
 ) -> None:
     states = {s: (0,) * buckets for s in FINAL_STATES}
     assert round_ticks(Throughput(start, width, states, {})) == ticks
+
+
+def test_a_learned_budget_is_shown_against_what_was_learned() -> None:
+    rows = [
+        {
+            "token_key": "sha256:c/write",
+            "budget": 250,
+            "rate": 36.5,
+            "throttled": 2,
+            "paused_until": 0,
+            "auto": True,
+            "good": 36.5,
+        },
+        {
+            "token_key": "sha256:c/read",
+            "budget": 250,
+            "rate": 1.5,
+            "throttled": 0,
+            "paused_until": 0,
+            "auto": True,
+            "good": 0,
+        },
+    ]
+    budgets = budgets_from(rows, NOW)
+    assert [b.learned for b in budgets] == [36.5, 0.0]
+    root = parse(render_status_page(status_data(budgets=budgets)))
+    write, read = root.by_id("budgets").find_all("tr")[1:]
+    assert "learned 36.5/s (ceiling 250/s)" in write.all_text()
+    assert write.find_all("svg")[0].attrs["data-max"] == "36.5"
+    assert "learning (ceiling 250/s)" in read.all_text()
