@@ -180,9 +180,14 @@ class WorkerProcess:
         return self.process.pid
 
     def stop(self) -> None:
-        """SIGTERM: stop claiming, finish in-flight requests, write back, release."""
+        """SIGTERM: stop claiming, finish in-flight requests, write back, release.
+
+        ``os.kill``, not ``Popen.send_signal``: that polls first, and would reap a child that
+        already exited, leaving :meth:`wait` nothing to collect (ECHILD) instead of its exit
+        code and stderr. An exited child is a zombie until ``wait4``: the signal is harmless.
+        """
         if self.process.returncode is None:
-            self.process.send_signal(signal.SIGTERM)
+            os.kill(self.pid, signal.SIGTERM)
 
     def wait(self, timeout: float = 600) -> ProcessResult:
         deadline = time.monotonic() + timeout
