@@ -37,12 +37,17 @@ def fail(code: int, message: str) -> NoReturn:
 
 
 def settings_of(
-    ctx: click.Context, /, origins: dict[str, str] | None = None, **overrides: Any
+    ctx: click.Context,
+    /,
+    origins: dict[str, str] | None = None,
+    strict: bool = False,
+    **overrides: Any,
 ) -> Settings:
     """The settings (file, ``KANTATA_SYNC_*``, ``overrides``); logging configured from them.
 
     The only place that reads the environment; everything below receives the settings.
-    ``origins`` is filled with where each value came from.
+    ``origins`` is filled with where each value came from; ``strict`` makes a
+    ``KANTATA_SYNC_*`` variable that names no setting an error instead of a warning.
     """
     from . import logging as logmod  # imported when a command runs, not for --help
     from .config import load_settings
@@ -50,7 +55,12 @@ def settings_of(
     notes: list[str] = []
     try:
         settings = load_settings(
-            ctx.obj["config"], os.environ, overrides, warn=notes.append, origins=origins
+            ctx.obj["config"],
+            os.environ,
+            overrides,
+            warn=notes.append,
+            origins=origins,
+            strict=strict,
         )
     except ConfigError as exc:
         fail(EXIT_CONFIG, f"configuration error: {exc}")

@@ -219,13 +219,15 @@ def load_settings(
     *,
     warn: Callable[[str], None] = _warn_on_stderr,
     origins: dict[str, str] | None = None,
+    strict: bool = False,
 ) -> Settings:
     """Merge the TOML file, the environment and explicit overrides, then validate.
 
     Precedence, lowest first: defaults, the file, ``KANTATA_SYNC_<KEY>``, ``overrides``.
     The token is also read from ``token_file`` or systemd's ``$CREDENTIALS_DIRECTORY``;
     ``warn`` hears about a token file that group or others may read; ``origins``, when
-    given, is filled with where each value that is not a default came from.
+    given, is filled with where each value that is not a default came from. A variable that
+    names no setting is a warning, or with ``strict`` (``config check``) an error.
     """
     raw: dict[str, Any] = {}
     sources: dict[str, str] = {}
@@ -240,7 +242,10 @@ def load_settings(
         if env_name in environ and (environ[env_name] or name not in {"token", "token_file"}):
             raw[name] = environ[env_name]
             sources[name] = env_name
-    for message in unknown_variables(environ):
+    unknown = unknown_variables(environ)
+    if strict and unknown:
+        raise ConfigError("; ".join(unknown))
+    for message in unknown:
         warn(message)
     for key, value in (overrides or {}).items():
         if value is not None:

@@ -316,9 +316,13 @@ def config_group() -> None:
 )
 @click.pass_context
 def config_check(ctx: click.Context, /, show_origin: bool) -> None:
-    """Validate the configuration and print the effective values, secrets masked."""
+    """Validate the configuration and print the effective values, secrets masked.
+
+    Stricter than the service: a ``KANTATA_SYNC_*`` variable that names no setting fails the
+    check (``run`` and ``serve`` only warn, so that a leftover cannot take a service down).
+    """
     origins: dict[str, str] = {}
-    settings = settings_of(ctx, origins=origins)
+    settings = settings_of(ctx, origins=origins, strict=True)
     for key, value in settings.masked().items():
         origin = f"  # {origins.get(key, 'default')}" if show_origin else ""
         click.echo(f"{key} = {json.dumps(value)}{origin}")

@@ -162,17 +162,22 @@ def test_config_check_accepts_a_token_from_a_crlf_file_and_warns_on_its_mode(cli
 
 
 def test_a_misspelt_variable_is_named_with_the_setting_it_probably_means(cli: Cli) -> None:
-    checked = cli(
-        "config", "check", env={"KANTATA_SYNC_RATELIMIT": "5", "KANTATA_SYNC_TOKEN": TOKEN}
-    )
-    assert checked.returncode == 0, checked.stderr
-    [warning] = [json.loads(line) for line in checked.stderr.splitlines()]
-    assert warning["event"] == "config.warning" and warning["level"] == "warning"
-    assert warning["message"] == (
+    env = {"KANTATA_SYNC_RATELIMIT": "5", "KANTATA_SYNC_TOKEN": TOKEN}
+    message = (
         "KANTATA_SYNC_RATELIMIT is not a kantata-sync setting and is ignored; "
         "did you mean KANTATA_SYNC_RATE_LIMIT?"
     )
-    assert "rate_limit = 10.0" in checked.stdout  # the default still stands
+    # The operator's check fails on it...
+    checked = cli("config", "check", env=env)
+    assert checked.returncode == EXIT_CONFIG
+    assert checked.stderr == f"kantata-sync: configuration error: {message}\n"
+    # ... while a service that meets it warns and goes on (the default still stands).
+    status = cli("status", "--format", "json", env=env)
+    assert status.returncode != EXIT_CONFIG
+    warnings = [json.loads(line) for line in status.stderr.splitlines() if line.startswith("{")]
+    assert [(w["event"], w["level"], w["message"]) for w in warnings][:1] == [
+        ("config.warning", "warning", message)
+    ]
 
 
 def test_settings_outside_the_kantata_sync_table_are_an_error(cli: Cli) -> None:
