@@ -94,8 +94,8 @@ def baseline_document(documents: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     first = documents[0]
     return {
         "note": (
-            f"median of {len(documents)} runs of `make bench-check`; regenerate with "
-            "tests/bench/gate.py baseline (docs/PERFORMANCE.md)"
+            f"per figure, the median of {len(documents)} runs of tests/bench/run.py; "
+            "regenerate with tests/bench/gate.py baseline (docs/PERFORMANCE.md)"
         ),
         "dates": [d.get("date") for d in documents],
         "commits": sorted({str(d.get("commit")) for d in documents}),
