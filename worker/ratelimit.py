@@ -204,6 +204,7 @@ class SharedRateLimiter:
         initial_rate: float | None = None,
         endpoint_class: str = "all",
         learns: bool = False,
+        size_to_demand: bool = True,
     ) -> None:
         self.budget = budget * headroom
         self.endpoint_class = endpoint_class
@@ -213,6 +214,9 @@ class SharedRateLimiter:
         self.learned: float | None = None
         """The learned budget's highest rate known good, as of the last reservation."""
         self.acquired = 0
+        self._waiting = 0
+        """Senders inside :meth:`acquire` now: the demand a reservation is sized to."""
+        self._size_to_demand = size_to_demand
         self._refused = 0
         self._unused = 0
         self._source = source
@@ -244,6 +248,13 @@ class SharedRateLimiter:
 
     async def acquire(self) -> float:
         started = self._clock()
+        self._waiting += 1
+        try:
+            return await self._acquire(started)
+        finally:
+            self._waiting -= 1
+
+    async def _acquire(self, started: float) -> float:
         async with self._lock:
             skipped = 0
             while True:
@@ -279,7 +290,7 @@ class SharedRateLimiter:
                 # Reserve the next block before this one runs out, in the background: it then
                 # continues the schedule where this one ends, and the slots in hand keep being
                 # released while the reservation travels (or waits for SQLite's write lock).
-                self._refilling = asyncio.create_task(self._refill())
+                self._refilling = asyncio.create_task(self._refill(self._block_size()))
                 self._refilling.add_done_callback(_retrieve)
             if not self._slots:
                 assert self._refilling is not None
@@ -294,14 +305,23 @@ class SharedRateLimiter:
             self.skipped += 1
             self._unused += 1
 
-    async def _refill(self) -> None:
+    def _block_size(self) -> int:
+        """Slots to reserve: a block's worth, but no more than the senders waiting now.
+
+        Consecutive slots that this worker cannot fill (its requests all still in flight
+        behind a slow API) would go unused, while other workers, idle, hold only later ones.
+        """
+        full = max(1, round(self._rate * self._block_seconds))
+        return min(full, self._waiting) if self._waiting and self._size_to_demand else full
+
+    async def _refill(self, count: int | None = None) -> None:
         try:
-            await self._reserve()
+            await self._reserve(count)
         finally:
             self._refilling = None
 
-    async def _reserve(self) -> None:
-        count = max(1, round(self._rate * self._block_seconds))
+    async def _reserve(self, count: int | None = None) -> None:
+        count = count or self._block_size()
         self._low_water = count // 2
         throttled, self._pending_throttle = self._pending_throttle, None
         refused, unused, self._refused, self._unused = self._refused, self._unused, 0, 0

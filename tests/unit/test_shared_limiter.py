@@ -84,7 +84,9 @@ class GatedSource:
 async def test_slots_in_hand_keep_going_while_the_next_block_is_reserved() -> None:
     clock = FakeClock()
     source = GatedSource(clock)
-    limiter = SharedRateLimiter(100 / 0.98, source, block_seconds=0.1, clock=clock)
+    limiter = SharedRateLimiter(
+        100 / 0.98, source, block_seconds=0.1, clock=clock, size_to_demand=False
+    )
     await limiter.acquire()  # reserves the first block of 10 slots and takes one
     source.gate.clear()  # every later reservation hangs until the gate opens
     for _ in range(9):  # the rest of the block: none of these may wait for the reservation
@@ -105,7 +107,9 @@ async def test_slots_in_hand_keep_going_while_the_next_block_is_reserved() -> No
 async def test_a_block_reserved_before_a_429_is_dropped() -> None:
     clock = FakeClock()
     source = GatedSource(clock)
-    limiter = SharedRateLimiter(100 / 0.98, source, block_seconds=0.1, clock=clock)
+    limiter = SharedRateLimiter(
+        100 / 0.98, source, block_seconds=0.1, clock=clock, size_to_demand=False
+    )
     await limiter.acquire()
     source.gate.clear()
     for _ in range(5):  # reach the low-water mark: the next block is reserved at the old rate
@@ -131,7 +135,9 @@ async def test_a_slot_overslept_by_a_busy_loop_is_given_up_not_sent_late() -> No
 
     source = GatedSource(clock, spacing=0.01)
     source.next_first = clock.now + 0.01  # slots at 100.01, 100.02, ...
-    limiter = SharedRateLimiter(100 / 0.98, source, block_seconds=0.1, clock=clock, sleep=sleep)
+    limiter = SharedRateLimiter(
+        100 / 0.98, source, block_seconds=0.1, clock=clock, sleep=sleep, size_to_demand=False
+    )
     await limiter.acquire()
     # Woken at 100.04: 100.01 (overslept), 100.02 and 100.03 are gone; 100.04 is on time.
     assert clock.now == pytest.approx(100.04)
@@ -158,7 +164,9 @@ async def test_a_slow_first_clock_sample_is_replaced_by_a_quick_one() -> None:
             sent=clock.now,
         )
 
-    limiter = SharedRateLimiter(100 / 0.98, source, block_seconds=0.1, clock=clock)
+    limiter = SharedRateLimiter(
+        100 / 0.98, source, block_seconds=0.1, clock=clock, size_to_demand=False
+    )
     await limiter._refill()
     assert calls == [10, 0, 0]  # two readings taking no slots, until a quick one
     assert limiter._slots[0] == pytest.approx(100.0 + 0.001)  # placed by the quick sample
@@ -185,3 +193,30 @@ async def test_a_process_that_always_wakes_late_still_sends_and_never_bursts() -
     assert len(sent) <= round(handed_out / 0.01)
     assert all(b > a for a, b in itertools.pairwise(sent))
     assert limiter.skipped > 0
+
+
+async def test_a_reservation_takes_no_more_slots_than_senders_wait_for() -> None:
+    """Behind a slow API a worker's senders are mostly in flight: consecutive slots beyond those
+    waiting would go unused while other workers, idle, hold only later ones."""
+    clock = FakeClock()
+    counts: list[int] = []
+
+    async def source(count: int, throttled: float | None) -> SlotBlock:
+        counts.append(count)
+        return SlotBlock(now=clock.now, first=clock.now, spacing=0.005, count=count)
+
+    async def sleep(seconds: float) -> None:
+        clock.now += seconds
+
+    async def sender(times: int) -> None:
+        for _ in range(times):
+            await limiter.acquire()
+
+    limiter = SharedRateLimiter(200 / 0.98, source, block_seconds=0.1, clock=clock, sleep=sleep)
+    await asyncio.gather(*(sender(30) for _ in range(3)))
+    assert sum(counts) >= 90
+    assert max(counts) == 3  # three senders: never more than three slots, not 20 (0.1 s)
+    counts.clear()
+    await asyncio.gather(*(sender(2) for _ in range(50)))
+    assert max(counts) == 20  # never more than a block's worth
+    assert limiter.acquired == 190
