@@ -17,7 +17,7 @@ from __future__ import annotations
 import functools
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from types import TracebackType
 from typing import Any
 
@@ -49,7 +49,7 @@ from .envelopes import (
     workspace_page,
     workspace_snapshot,
 )
-from .exceptions import ConfigError, TransportError, TransportKind
+from .exceptions import ConfigError, LeaseLost, TransportError, TransportKind
 from .logging import REDACTED
 from .outcomes import ApiResponse, cap_message, parse_retry_after
 
@@ -61,6 +61,37 @@ MIN_REDACTED_TOKEN = 8
 """A shorter token is not masked in answers: it would mask ordinary words."""
 ORJSON_MAX_BYTES = 1024 * 1024
 """Bodies over this parse with ``json``: orjson briefly takes ~12 times a long string's size."""
+
+
+SendGuard = Callable[[], str | None]
+"""Asked right before a request's bytes are written: None to send, or why not to."""
+
+
+class GuardedPayload(BytesPayload):
+    """A JSON body that asks its guard at the moment it is written to the socket.
+
+    aiohttp holds a request's headers back until the body's first write, which runs in a task
+    of its own, a loop iteration (or, for a process frozen in between, minutes) after the
+    request was started. Refusing here sends nothing at all: the lease check is made as close
+    to the socket as the library allows.
+    """
+
+    def __init__(self, value: bytes, guard: SendGuard) -> None:
+        super().__init__(value, content_type=JSON)
+        self._guard = guard
+
+    def _check(self) -> None:
+        problem = self._guard()
+        if problem is not None:
+            raise LeaseLost(problem)
+
+    async def write(self, writer: Any) -> None:
+        self._check()
+        await super().write(writer)
+
+    async def write_with_length(self, writer: Any, content_length: int | None) -> None:
+        self._check()
+        await super().write_with_length(writer, content_length)
 
 
 class KantataClient:
@@ -129,12 +160,16 @@ class KantataClient:
     def _new_workspace_url(self, workspace_id: int) -> URL:
         return self._workspaces_url.joinpath(str(workspace_id), encoded=True)
 
-    async def update_workspace(self, workspace_id: int, fields: JSONObject) -> ApiResponse:
-        """``PUT /workspaces/{id}`` with ``{"workspace": fields}``."""
+    async def update_workspace(
+        self, workspace_id: int, fields: JSONObject, *, guard: SendGuard | None = None
+    ) -> ApiResponse:
+        """``PUT /workspaces/{id}`` with ``{"workspace": fields}``; see :class:`GuardedPayload`."""
         url = self._workspace_url(workspace_id)
-        return await self._request("PUT", url, {"workspace": fields})
+        return await self._request("PUT", url, {"workspace": fields}, guard)
 
-    async def change_status(self, workspace_id: int, to_status_key: int) -> ApiResponse:
+    async def change_status(
+        self, workspace_id: int, to_status_key: int, *, guard: SendGuard | None = None
+    ) -> ApiResponse:
         """``POST /workspace_status_changes``, including the workspace to read its new state."""
         body = {
             "workspace_status_change": {
@@ -142,7 +177,7 @@ class KantataClient:
                 "to_status_key": to_status_key,
             }
         }
-        return await self._request("POST", self._status_changes_url, body)
+        return await self._request("POST", self._status_changes_url, body, guard)
 
     async def get_workspace(self, workspace_id: int) -> ApiResponse:
         """``GET /workspaces/{id}``: the read-back that proves a status is in place."""
@@ -175,15 +210,23 @@ class KantataClient:
         method: str,
         url: URL,
         body: JSONObject | None,
+        guard: SendGuard | None = None,
     ) -> ApiResponse:
         if self._session is None:
             raise RuntimeError("KantataClient used outside 'async with'")
         started = time.perf_counter()
+        data: BytesPayload | None = None
+        if body is not None:
+            data = (
+                BytesPayload(_dumps(body), content_type=JSON)
+                if guard is None
+                else GuardedPayload(_dumps(body), guard)
+            )
         try:
             async with self._session.request(
                 method,
                 url,
-                data=None if body is None else BytesPayload(_dumps(body), content_type=JSON),
+                data=data,
                 headers=self._headers,
                 timeout=self._timeout,
                 allow_redirects=False,
@@ -198,6 +241,8 @@ class KantataClient:
             where = self._where(method, url)
             raise TransportError(TransportKind.CONNECTION, f"{where}: response cut off") from exc
         except aiohttp.ClientConnectionError as exc:
+            if isinstance(exc.__cause__, LeaseLost):
+                raise LeaseLost(str(exc.__cause__)) from exc  # the guard refused: nothing left
             where = self._where(method, url)
             raise TransportError(
                 TransportKind.CONNECTION,

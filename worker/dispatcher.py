@@ -200,6 +200,7 @@ class Dispatcher:
             halted=lambda: self._halt.is_set(),
             rng=self.rng,
             clock=self.clock,
+            monotonic=self.monotonic,
         )
 
     async def _record_end(self, ended_because: RunEnding, duration: float) -> None:

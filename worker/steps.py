@@ -23,6 +23,7 @@ from .client import (
     POST_STATUS_CHANGE,
     PUT_WORKSPACE,
     KantataClient,
+    SendGuard,
     status_key_of,
     workspace_snapshot,
 )
@@ -70,6 +71,7 @@ class StepRunner:
         halted: Callable[[], bool],
         rng: random.Random,
         clock: Callable[[], datetime],
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.client = client
         self.settings = settings
@@ -84,6 +86,8 @@ class StepRunner:
         self.halted = halted
         self.rng = rng
         self.clock = clock
+        self.monotonic = monotonic
+        """The clock of lease deadlines (see :mod:`worker.leases`)."""
         self.sending: set[asyncio.Task[Any]] = set()
         """The tasks whose request is on the wire (the rest may be cancelled at shutdown)."""
         self.limited = limiter.budget > 0
@@ -100,13 +104,17 @@ class StepRunner:
             answer = await self._send(
                 step,
                 PUT_WORKSPACE,
-                lambda: self.client.update_workspace(step.workspace_id, step.fields),
+                lambda guard: self.client.update_workspace(
+                    step.workspace_id, step.fields, guard=guard
+                ),
             )
         else:
             answer = await self._send(
                 step,
                 POST_STATUS_CHANGE,
-                lambda: self.client.change_status(step.workspace_id, step.to_status_key),
+                lambda guard: self.client.change_status(
+                    step.workspace_id, step.to_status_key, guard=guard
+                ),
             )
         verdict = classify(answer, status_change=isinstance(step, StatusStep))
         if verdict.verdict is Verdict.SUCCESS and isinstance(answer, ApiResponse):
@@ -126,7 +134,7 @@ class StepRunner:
         change either succeeded as already applied or failed with Kantata's message.
         """
         answer = await self._send(
-            step, GET_WORKSPACE, lambda: self.client.get_workspace(step.workspace_id)
+            step, GET_WORKSPACE, lambda _guard: self.client.get_workspace(step.workspace_id)
         )
         verdict = classify(answer, status_change=False)
         if verdict.verdict is not Verdict.SUCCESS or not isinstance(answer, ApiResponse):
@@ -191,7 +199,7 @@ class StepRunner:
         return answer, (time.perf_counter() - started) * 1000
 
     async def _send(
-        self, step: Step, endpoint: str, request: Callable[[], Awaitable[ApiResponse]]
+        self, step: Step, endpoint: str, request: Callable[[SendGuard], Awaitable[ApiResponse]]
     ) -> ApiResponse | TransportError:
         waited = await self.wait_for_slot(endpoint)
         # The last moment before the request leaves: is the lease still surely ours? A worker
@@ -211,7 +219,22 @@ class StepRunner:
             self.metrics.limiter_wait.observe(waited)
         attempted_at = self.clock()
         request_started.set(True)
-        answer, duration_ms = await self.on_the_wire(request)
+
+        def guard() -> str | None:
+            # Asked again as the bytes are written (a loop iteration later, or after a freeze).
+            stale = self.ledger.book.stale(leases, self.monotonic())
+            if not stale:
+                return None
+            return (
+                f"{endpoint} not sent: the lease of change(s) {', '.join(map(str, stale))} "
+                f"ran out before the request left"
+            )
+
+        try:
+            answer, duration_ms = await self.on_the_wire(lambda: request(guard))
+        except LeaseLost:
+            request_started.set(False)  # nothing left: the step goes back uncharged
+            raise
         status = answer.status if isinstance(answer, ApiResponse) else None
         error = None if isinstance(answer, ApiResponse) else str(answer)
         error_type = answer.kind if isinstance(answer, TransportError) else None
