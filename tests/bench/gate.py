@@ -4,7 +4,8 @@ A results document is ``{"machine": {...}, "commit", "date", "command", "repeats
 {key: {name: value}}}``, written by every ``run.py``. Only figures whose name ends in ``ratio``
 are gated (worker / bare loop, 4 workers / 1, achieved / budget): they compare two things
 measured side by side on the same machine, so they travel between machines and runs far better
-than absolute rates. A ratio fails when it is more than ``TOLERANCE`` (20%) below the baseline's.
+than absolute rates. A ratio fails when it is more than ``TOLERANCE`` (20%) below the baseline's,
+or its own tolerance in ``TOLERANCES``.
 
 ``make bench-check`` runs the gated measurements and compares them with
 ``docs/bench-baseline.json``. A baseline is the median of several results documents::
@@ -26,6 +27,9 @@ from pathlib import Path
 from typing import Any
 
 TOLERANCE = 0.20
+TOLERANCES = {"scaleout_slow.shared_budget.achieved_ratio": 0.10}
+"""Tighter per figure: the achieved share of a budget sits near 98% when all is well, and the
+limiter's old block scheme gave 80%, which 20% would let through."""
 
 Figures = Mapping[str, Mapping[str, float]]
 
@@ -52,8 +56,14 @@ def results_document(
     }
 
 
-def compare(baseline: Figures, current: Figures, tolerance: float = TOLERANCE) -> list[str]:
-    """One message per gated figure of ``baseline`` that dropped more than ``tolerance``.
+def compare(
+    baseline: Figures,
+    current: Figures,
+    tolerance: float = TOLERANCE,
+    tolerances: Mapping[str, float] | None = None,
+) -> list[str]:
+    """One message per gated figure of ``baseline`` that dropped more than its tolerance:
+    ``tolerances["key.name"]`` where given, else ``tolerance``.
 
     A gated figure the baseline has and the current run lacks is a failure too (a measurement
     that stopped producing it, or failed); figures only the current run has are ignored.
@@ -63,16 +73,17 @@ def compare(baseline: Figures, current: Figures, tolerance: float = TOLERANCE) -
         for name, expected in sorted(values.items()):
             if not is_gated(name):
                 continue
+            allowed = (tolerances or {}).get(f"{key}.{name}", tolerance)
             got = current.get(key, {}).get(name)
             if got is None:
                 problems.append(f"{key}.{name}: missing from this run (baseline {expected:.3f})")
                 continue
-            floor = expected * (1 - tolerance)
+            floor = expected * (1 - allowed)
             if got < floor:
                 drop = 1 - got / expected if expected else 0.0
                 problems.append(
                     f"{key}.{name}: {got:.3f}, {drop:.0%} below the baseline's {expected:.3f} "
-                    f"(allowed: {tolerance:.0%}, floor {floor:.3f})"
+                    f"(allowed: {allowed:.0%}, floor {floor:.3f})"
                 )
     return problems
 
@@ -102,6 +113,7 @@ def baseline_document(documents: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         "machine": first.get("machine", {}),
         "command": first.get("command", ""),
         "tolerance": TOLERANCE,
+        "tolerances": dict(TOLERANCES),
         "figures": median_figures([d["figures"] for d in documents]),
     }
 
@@ -109,7 +121,8 @@ def baseline_document(documents: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
 def check(baseline: Mapping[str, Any], current: Mapping[str, Any]) -> int:
     """Print the verdict; 0 when every gated figure holds, 1 otherwise."""
     tolerance = float(baseline.get("tolerance", TOLERANCE))
-    problems = compare(baseline["figures"], current["figures"], tolerance)
+    tolerances = {str(k): float(v) for k, v in baseline.get("tolerances", {}).items()}
+    problems = compare(baseline["figures"], current["figures"], tolerance, tolerances)
     gated = [
         f"{key}.{name}"
         for key, values in sorted(baseline["figures"].items())
@@ -129,7 +142,7 @@ def check(baseline: Mapping[str, Any], current: Mapping[str, Any]) -> int:
         for problem in problems:
             print(f"  {problem}")
         return 1
-    print(f"bench-check passed: no ratio figure more than {tolerance:.0%} below the baseline")
+    print("bench-check passed: no ratio figure further below the baseline than allowed")
     return 0
 
 

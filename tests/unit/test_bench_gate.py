@@ -43,6 +43,14 @@ def test_a_drop_of_more_than_20_percent_names_the_figure(gate: ModuleType) -> No
     assert problem.startswith("overhead.sqlite.worker_bare_ratio: 0.390, 22% below")
 
 
+def test_a_figure_may_have_its_own_tolerance(gate: ModuleType) -> None:
+    baseline = {"b.shared": {"achieved_ratio": 0.98}}
+    current = {"b.shared": {"achieved_ratio": 0.80}}
+    assert gate.compare(baseline, current) == []
+    (problem,) = gate.compare(baseline, current, tolerances={"b.shared.achieved_ratio": 0.1})
+    assert "(allowed: 10%, floor 0.882)" in problem
+
+
 def test_only_ratios_are_gated_and_a_missing_ratio_fails(gate: ModuleType) -> None:
     current = {"overhead.sqlite": {"worker_bare_ratio": 0.5, "worker_cpu_us_per_change": 1e9}}
     (problem,) = gate.compare(BASELINE, current)
