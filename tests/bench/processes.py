@@ -71,9 +71,14 @@ def proc_cpu_seconds(pid: int) -> float:
 
 
 @contextlib.contextmanager
-def sandbox(workspaces: int, rate_limit: int = 0, latency_ms: float = 0) -> Iterator[Sandbox]:
-    """Start the sandbox (faults off) with ``workspaces`` seeded, an optional strict limit and
-    an optional fixed latency per answer."""
+def sandbox(
+    workspaces: int,
+    rate_limit: int = 0,
+    latency_ms: float = 0,
+    extra_args: Sequence[str] = (),
+) -> Iterator[Sandbox]:
+    """Start the sandbox (faults off) with ``workspaces`` seeded, an optional strict limit, an
+    optional fixed latency per answer and any further options (``--rate-limit-schedule``)."""
     process = subprocess.Popen(
         [
             KANTATA_SYNC,
@@ -86,6 +91,7 @@ def sandbox(workspaces: int, rate_limit: int = 0, latency_ms: float = 0) -> Iter
             "--rate-limit",
             str(rate_limit),
             *(["--latency-ms", f"{latency_ms:g}"] if latency_ms else []),
+            *extra_args,
         ],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

@@ -21,6 +21,7 @@ from pathlib import Path
 import coalescing
 import fidelity
 import gate
+import learning
 import overhead
 import queue_size
 import scaleout
@@ -36,6 +37,7 @@ MEASUREMENTS: dict[str, Callable[[Context], Outcome]] = {
     "coalescing": coalescing.measure,
     "scaleout": scaleout.measure,
     "scaleout_slow": scaleout_slow.measure,
+    "learning": learning.measure,
 }
 
 
