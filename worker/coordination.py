@@ -86,13 +86,11 @@ def learned_values(state: Learned) -> dict[str, Any]:
     }
 
 
-def learn_from(
-    state: Learned, bounds: Bounds, now: float, count: int, *, refused: int, unused: int
-) -> Learned:
-    """Pure: a reservation's news (429s seen, slots gone unsent, slots wanted) applied."""
+def learn_from(state: Learned, bounds: Bounds, now: float, *, sent: int, refused: int) -> Learned:
+    """Pure: a worker's news with its reservation (429s seen, requests sent) applied."""
     for _ in range(refused):
         state = learning.throttled(state, now, bounds)
-    return learning.taken(state, count, now, bounds, unused=unused)
+    return learning.taken(state, sent, now, bounds)
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,7 +162,7 @@ class Coordinator:
         key = token_key(token, endpoint_class)
 
         async def source(
-            count: int, throttled: float | None, *, refused: int = 0, unused: int = 0
+            count: int, throttled: float | None, *, refused: int = 0, sent: int = 0
         ) -> SlotBlock:
             return await ride_out(
                 lambda: self.reserve_learned(
@@ -173,7 +171,7 @@ class Coordinator:
                     count,
                     throttled,
                     refused=refused,
-                    unused=unused,
+                    sent=sent,
                     max_pause=max_pause,
                 ),
                 within=db_retry_seconds,
@@ -189,17 +187,17 @@ class Coordinator:
         throttled: float | None = None,
         *,
         refused: int = 0,
-        unused: int = 0,
+        sent: int = 0,
         max_pause: float = 120.0,
     ) -> SlotBlock:
         """Take ``count`` slots at the learned rate, after learning from this worker's news.
 
-        ``refused`` 429s and ``unused`` slots (dropped or given up) since its last reservation;
+        ``refused`` 429s seen and ``sent`` requests sent since its last reservation;
         ``throttled`` is a ``Retry-After`` to honour (0 or None: none was given, and a learned
         budget pauses for none: the step down is the answer).
         """
         async with transaction(self.engine, "reserving rate budget") as conn:
-            sent = time.monotonic()
+            asked = time.monotonic()
             now = await self._db_now(conn)
             local = time.monotonic()
             await self._ensure_learned_row(conn, key, bounds, now)
@@ -213,9 +211,8 @@ class Coordinator:
                 replace(before, rate=bounds.clamp(before.rate)),
                 bounds,
                 now,
-                count,
+                sent=sent,
                 refused=refused,
-                unused=unused,
             )
             paused_until = min(row.paused_until, now + max_pause)
             if throttled:
@@ -228,13 +225,15 @@ class Coordinator:
                 changed_at=now,
                 next_slot=start + count * spacing,
                 paused_until=paused_until,
-                reserved=r.reserved + count,
+                sent=r.sent + sent,
                 throttled=r.throttled + refused,
             )
             await conn.execute(
                 sa.update(sync_rate_limits).where(r.token_key == key).values(**values)
             )
-            return SlotBlock(now, start, spacing, count, local=local, sent=sent, learned=state.good)
+            return SlotBlock(
+                now, start, spacing, count, local=local, sent=asked, learned=state.good
+            )
 
     async def _ensure_learned_row(
         self, conn: AsyncConnection, key: str, bounds: Bounds, now: float
@@ -364,7 +363,7 @@ class Coordinator:
             r.auto,
             r.good,
             r.bad,
-            r.reserved,
+            r.sent,
         ).order_by(r.token_key)
         async with translate_errors("reading the rate budgets"), self.engine.connect() as conn:
             rows = (await conn.execute(query)).all()

@@ -5,8 +5,8 @@ drew a 429. The controller keeps the highest rate held without one (``good``) an
 that drew one (``bad``), and searches between them:
 
 - while no ceiling is known it probes upward, ``GROWTH`` times the rate per step;
-- a step lasts ``STEP_SECONDS`` and proves its rate only if the slots were used (a queue that
-  ran dry proves nothing) and no 429 came;
+- a step lasts ``STEP_SECONDS`` and proves its rate only if requests really went out at it (a
+  queue that ran dry proves nothing) and no 429 came;
 - a 429 steps down to just under the rate it happened at, or under the rate the server was
   accepting then, whichever is lower, once per ``LOWER_DEBOUNCE`` (the 429s that follow at once
   were sent at the old rate);
@@ -36,7 +36,7 @@ SETTLE_GAP = 0.03
 """The search stops when ``bad - good`` is this fraction of ``bad`` or less."""
 REPROBE_SECONDS = 300.0
 BUSY_FRACTION = 0.8
-"""The share of a step's slots that must be taken for the step to prove its rate."""
+"""The share of a step's rate that must really be sent for the step to prove it."""
 LOWER_DEBOUNCE = 1.0
 """Seconds after a step down during which further 429s only count (they met the old rate)."""
 MIN_EVIDENCE = 0.5
@@ -73,7 +73,7 @@ class Learned:
     """The lowest rate that drew a 429 (infinite: none yet)."""
     step_at: float = 0.0
     used: int = 0
-    """Slots taken since ``step_at``."""
+    """Requests sent since ``step_at`` (429s included)."""
     refused: int = 0
     """429s since ``step_at``."""
     lowered_at: float = -math.inf
@@ -105,10 +105,13 @@ def next_rate(state: Learned, bounds: Bounds) -> float:
     return bounds.clamp((state.good + state.bad) / 2)
 
 
-def taken(state: Learned, count: int, now: float, bounds: Bounds, *, unused: int = 0) -> Learned:
-    """``count`` slots were reserved at ``now``, and ``unused`` earlier ones went unsent (dropped
-    at a 429, or given up late); at the end of a step, judge the step."""
-    state = replace(state, used=max(0, state.used + count - unused))
+def taken(state: Learned, sent: int, now: float, bounds: Bounds) -> Learned:
+    """``sent`` more requests went out (reported at ``now``); at the end of a step, judge it.
+
+    Requests sent, not slots reserved: the shared schedule runs ahead of the sends, and a
+    rate is proven only by requests that really went out at it.
+    """
+    state = replace(state, used=state.used + sent)
     elapsed = now - state.step_at
     if elapsed < STEP_SECONDS or (state.refused and elapsed < 2 * STEP_SECONDS):
         # A step with 429s runs on a little: the next step down estimates from all of it.

@@ -152,5 +152,5 @@ sync_rate_limits = sa.Table(
     sa.Column("lowered_at", sa.Float, nullable=True),
     sa.Column("probed_at", sa.Float, nullable=False, server_default="0"),
     sa.Column("estimated_at", sa.Float, nullable=True),
-    sa.Column("reserved", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("sent", sa.BigInteger, nullable=False, server_default="0"),
 )

@@ -159,8 +159,8 @@ class Limiter(Protocol):
 class SlotSource(Protocol):
     """Where a shared limiter gets its send slots (the database, in production).
 
-    A learning source also hears, as ``refused`` and ``unused``, the 429s seen and the slots
-    gone unsent since the last reservation.
+    A learning source also hears, as ``refused`` and ``sent``, the 429s seen and the requests
+    sent since the last reservation.
     """
 
     async def __call__(self, count: int, throttled: float | None) -> SlotBlock: ...
@@ -218,7 +218,7 @@ class SharedRateLimiter:
         """Senders inside :meth:`acquire` now: the demand a reservation is sized to."""
         self._size_to_demand = size_to_demand
         self._refused = 0
-        self._unused = 0
+        self._sent = 0
         self._source = source
         self._sleep = sleep
         self._block_seconds = block_seconds
@@ -270,8 +270,8 @@ class SharedRateLimiter:
                 # slot's time is gone, and sending now would crowd the next holder's.
                 skipped += 1
                 self.skipped += 1
-                self._unused += 1
             self.acquired += 1
+            self._sent += 1
         return self._clock() - started
 
     def _tolerance(self) -> float:
@@ -303,7 +303,6 @@ class SharedRateLimiter:
             if late_ok and (not self._slots or self._slots[0] > now):
                 return slot
             self.skipped += 1
-            self._unused += 1
 
     def _block_size(self) -> int:
         """Slots to reserve: a block's worth, but no more than the senders waiting now.
@@ -324,24 +323,23 @@ class SharedRateLimiter:
         count = count or self._block_size()
         self._low_water = count // 2
         throttled, self._pending_throttle = self._pending_throttle, None
-        refused, unused, self._refused, self._unused = self._refused, self._unused, 0, 0
+        refused, sent, self._refused, self._sent = self._refused, self._sent, 0, 0
         generation = self._generation
         try:
             if self.learns:
                 source: Any = self._source
-                block = await source(count, throttled, refused=refused, unused=unused)
+                block = await source(count, throttled, refused=refused, sent=sent)
             else:
                 block = await self._source(count, throttled)
         except BaseException:
             if throttled is not None:
                 self._pending_throttle = max(self._pending_throttle or 0.0, throttled)
             self._refused += refused
-            self._unused += unused
+            self._sent += sent
             raise
         if block.learned is not None:
             self._note_learned(block.learned)
         if generation != self._generation:
-            self._unused += block.count
             return  # a 429 came while this block was reserved at the old rate: drop it
         offset = self._offset(block)
         if not self._calibrated:
@@ -403,7 +401,6 @@ class SharedRateLimiter:
         self.throttled += 1
         self._refused += 1
         self._generation += 1
-        self._unused += len(self._slots)
         self._slots.clear()
         self._pending_throttle = max(self._pending_throttle or 0.0, retry_after or 0.0)
 

@@ -137,12 +137,12 @@ def budget_data(row: dict[str, Any]) -> dict[str, Any]:
         "rate_limited_total": row["throttled"],
     }
     if row.get("auto"):
-        reserved = int(row.get("reserved") or 0)
+        sent = int(row.get("sent") or 0)
         data.update(
             learned_per_s=round(row["good"], 3) if row.get("good") else None,
             lowest_refused_per_s=round(row["bad"], 3) if row.get("bad") is not None else None,
-            requests_total=reserved,
-            throttled_fraction=round(row["throttled"] / reserved, 5) if reserved else None,
+            requests_total=sent,
+            throttled_fraction=round(row["throttled"] / sent, 5) if sent else None,
         )
     return data
 

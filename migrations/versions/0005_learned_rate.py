@@ -3,8 +3,8 @@
 A learning budget is a row of ``sync_rate_limits`` like a fixed one, keyed by the token's
 fingerprint and the endpoint class (``…/write``, ``…/read``), with ``auto`` set. ``good`` is the
 highest rate held without a 429, ``bad`` the lowest that drew one (NULL: none yet); the step
-columns hold the evidence of the rate being tried now. ``reserved`` counts every slot handed
-out, so that ``throttled / reserved`` is the share of requests that drew a 429.
+columns hold the evidence of the rate being tried now. ``sent`` counts the requests the workers
+report sending, so that ``throttled / sent`` is the share of requests that drew a 429.
 
 Revision ID: 0005
 Revises: 0004
@@ -31,7 +31,7 @@ COLUMNS = (
     ("lowered_at", sa.Float, None),
     ("probed_at", sa.Float, "0"),
     ("estimated_at", sa.Float, None),
-    ("reserved", sa.BigInteger, "0"),
+    ("sent", sa.BigInteger, "0"),
 )
 
 

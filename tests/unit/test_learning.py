@@ -20,24 +20,23 @@ BOUNDS = Bounds(floor=1.0, ceiling=250.0)
 # -- single steps ----------------------------------------------------------------------------
 
 TAKEN = [
-    # (state, count, now, unused) -> (rate, good, bad)
+    # (state, requests sent, now) -> (rate, good, bad)
     pytest.param(
-        Learned(rate=10.0, step_at=0.0), 9, 1.0, 0, (15.0, 10.0, math.inf), id="busy-step-grows"
+        Learned(rate=10.0, step_at=0.0), 9, 1.0, (15.0, 10.0, math.inf), id="busy-step-grows"
     ),
     pytest.param(
-        Learned(rate=10.0, step_at=0.0), 9, 0.5, 0, (10.0, 0.0, math.inf), id="step-not-over"
+        Learned(rate=10.0, step_at=0.0), 9, 0.5, (10.0, 0.0, math.inf), id="step-not-over"
     ),
     pytest.param(
-        Learned(rate=10.0, step_at=0.0), 3, 1.0, 0, (10.0, 0.0, math.inf), id="idle-proves-nothing"
+        Learned(rate=10.0, step_at=0.0), 3, 1.0, (10.0, 0.0, math.inf), id="idle-proves-nothing"
     ),
     pytest.param(
-        Learned(rate=10.0, step_at=0.0, used=5), 6, 1.0, 4, (10.0, 0.0, math.inf), id="unsent-slots"
+        Learned(rate=10.0, step_at=0.0, used=5), 2, 1.0, (10.0, 0.0, math.inf), id="few-sent"
     ),
     pytest.param(
         Learned(rate=20.0, good=20.0, bad=40.0, step_at=0.0),
         20,
         1.0,
-        0,
         (30.0, 20.0, 40.0),
         id="halfway-to-bad",
     ),
@@ -45,7 +44,6 @@ TAKEN = [
         Learned(rate=39.0, good=39.0, bad=40.0, step_at=0.0, probed_at=0.0),
         39,
         1.0,
-        0,
         (39.0, 39.0, 40.0),
         id="settled-holds",
     ),
@@ -53,18 +51,16 @@ TAKEN = [
         Learned(rate=39.0, good=39.0, bad=40.0, step_at=400.0, probed_at=0.0, lowered_at=10.0),
         39,
         401.0,
-        0,
         (39.0 * learning.REPROBE_GROWTH, 39.0, math.inf),
         id="settled-reprobes",
     ),
     pytest.param(
-        Learned(rate=200.0, step_at=0.0), 200, 1.0, 0, (250.0, 200.0, math.inf), id="ceiling"
+        Learned(rate=200.0, step_at=0.0), 200, 1.0, (250.0, 200.0, math.inf), id="ceiling"
     ),
     pytest.param(
         Learned(rate=10.0, step_at=0.0, refused=1),
         10,
         1.5,
-        0,
         (10.0, 0.0, math.inf),
         id="429-waits",
     ),
@@ -72,18 +68,15 @@ TAKEN = [
         Learned(rate=10.0, step_at=0.0, refused=1),
         10,
         2.0,
-        0,
         (10.0, 0.0, math.inf),
         id="429-step-unproven",
     ),
 ]
 
 
-@pytest.mark.parametrize(("state", "count", "now", "unused", "expected"), TAKEN)
-def test_taken(
-    state: Learned, count: int, now: float, unused: int, expected: tuple[float, float, float]
-) -> None:
-    after = learning.taken(state, count, now, BOUNDS, unused=unused)
+@pytest.mark.parametrize(("state", "sent", "now", "expected"), TAKEN)
+def test_taken(state: Learned, sent: int, now: float, expected: tuple[float, float, float]) -> None:
+    after = learning.taken(state, sent, now, BOUNDS)
     assert (after.rate, after.good, after.bad) == pytest.approx(expected)
 
 
@@ -142,9 +135,9 @@ def test_debounced_429s_still_count_against_the_step() -> None:
 
 def test_a_reservation_applies_each_429_then_the_slots() -> None:
     state = Learned(rate=40.0, step_at=0.0)
-    after = learn_from(state, BOUNDS, 0.3, 4, refused=3, unused=2)
+    after = learn_from(state, BOUNDS, 0.3, sent=4, refused=3)
     assert after.rate == pytest.approx(36.0)  # one step down for the three
-    assert (after.used, after.refused) == (2, 2)  # the two that followed the step down count
+    assert (after.used, after.refused) == (4, 2)  # the two that followed the step down count
 
 
 @pytest.mark.parametrize(
@@ -191,19 +184,20 @@ def simulate(
     """A busy worker paced by the controller against a strict one-second window.
 
     Slots are reserved in blocks of ``block`` seconds, as the shared limiter does; a 429 drops
-    the slots in hand and is reported with the next reservation. ``noise`` refuses a request
-    the window would have taken (another client's burst on the same token).
+    the slots in hand; the 429s and the requests sent are reported with the next reservation.
+    ``noise`` refuses a request the window would have taken (another client's burst on the
+    same token).
     """
     state = state or learning.start(BOUNDS, 0.0)
     window: deque[float] = deque()
     slots: deque[float] = deque()
     sent: list[tuple[float, bool]] = []
-    next_free, now, refused, unused = 0.0, 0.0, 0, 0
+    next_free, now, refused, sent_since = 0.0, 0.0, 0, 0
     while now < seconds:
         if not slots:
             count = max(1, round(state.rate * block))
-            state = learn_from(state, BOUNDS, now, count, refused=refused, unused=unused)
-            refused = unused = 0
+            state = learn_from(state, BOUNDS, now, sent=sent_since, refused=refused)
+            refused = sent_since = 0
             first = max(now, next_free)
             slots.extend(first + i / state.rate for i in range(count))
             next_free = first + count / state.rate
@@ -211,11 +205,11 @@ def simulate(
         while window and window[0] <= now - 1.0:
             window.popleft()
         ok = len(window) < limit(now) and not noise(now)
+        sent_since += 1
         if ok:
             window.append(now)
         else:
             refused += 1
-            unused += len(slots)
             slots.clear()
             next_free = now + 1 / state.rate
         sent.append((now, ok))
