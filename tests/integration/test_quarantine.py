@@ -18,7 +18,7 @@ from structlog.testing import capture_logs
 
 from worker import db as dbmod
 from worker.changes import JSONObject
-from worker.client import KantataClient
+from worker.client import KantataClient, SendGuard
 from worker.dispatcher import Dispatcher
 from worker.exceptions import DatabaseGone, InternalError
 from worker.metrics import Metrics
@@ -37,12 +37,14 @@ class OddClient(KantataClient):
         super().__init__(*args, **kwargs)
         self.odd = odd
 
-    async def update_workspace(self, workspace_id: int, fields: JSONObject) -> ApiResponse:
+    async def update_workspace(
+        self, workspace_id: int, fields: JSONObject, *, guard: SendGuard | None = None
+    ) -> ApiResponse:
         if workspace_id in self.odd:
             result = self.odd[workspace_id]()
             if isinstance(result, ApiResponse):
                 return result
-        return await super().update_workspace(workspace_id, fields)
+        return await super().update_workspace(workspace_id, fields, guard=guard)
 
 
 @contextlib.asynccontextmanager
