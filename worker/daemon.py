@@ -77,12 +77,12 @@ class ServeSummary:
 class Daemon:
     """The serve loop around one :class:`Dispatcher` (and its store, settings and metrics).
 
-    ``wake``: an event that anything may set to make the loop look for due changes at once
-    instead of at the next poll; ``serve`` passes the one of
-    :meth:`Coordinator.notifications` (PostgreSQL LISTEN/NOTIFY on new changes). The loop
-    clears it. The daemon registers the dispatcher's worker as a ``serve`` worker and
-    heartbeats while idle (the dispatcher does while it runs). ``notifier`` defaults to a
-    no-op (no ``NOTIFY_SOCKET``).
+    ``wake``: an event that anything may set to make an idle loop look for due changes at
+    once instead of at the next poll; ``serve`` passes the one of
+    :meth:`Coordinator.notifications` (PostgreSQL LISTEN/NOTIFY on new changes, SQLite's
+    ``data_version``). While a run goes it is not waited for. The loop clears it. The daemon
+    registers the dispatcher's worker as a ``serve`` worker and heartbeats while idle (the
+    dispatcher does while it runs). ``notifier`` defaults to a no-op (no ``NOTIFY_SOCKET``).
     """
 
     def __init__(
@@ -339,13 +339,18 @@ class Daemon:
         timeout = self.options.poll_interval
         if self._token_retry_at is not None and run_task is None:
             timeout = min(timeout, max(self._token_retry_at - self.clock(), 0.0))
-        events = [self.wake, self.retry_event, self.stop_event]
+        # While a run goes, it claims what is inserted by itself: a wake-up (every insert on
+        # PostgreSQL, every commit, the run's own included, on SQLite) would only count the
+        # whole outbox again for the gauges. They refresh every poll, and at the run's end.
+        events = [self.retry_event, self.stop_event]
+        if run_task is None:
+            events.insert(0, self.wake)
         if self.stop_event.is_set():
             if run_task is None:
                 return  # stopped while polling: nothing to wait for
             # Draining: only the run's end (or the timeout, to tick) may wake the loop; the
             # set stop event would wake it at once, again and again.
-            events = [self.wake, self.retry_event]
+            events = [self.retry_event]
         waiters: list[asyncio.Future[Any]] = [
             asyncio.ensure_future(event.wait()) for event in events
         ]

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import coalescing
 import fidelity
+import freshness
 import gate
 import learning
 import overhead
@@ -38,6 +39,7 @@ MEASUREMENTS: dict[str, Callable[[Context], Outcome]] = {
     "scaleout": scaleout.measure,
     "scaleout_slow": scaleout_slow.measure,
     "learning": learning.measure,
+    "freshness": freshness.measure,
 }
 
 

@@ -264,6 +264,38 @@ async def test_wake_starts_a_run_without_waiting_for_the_poll(
         await eventually(lambda: _all_done(sqlite_store), within=20)
 
 
+async def test_wake_ups_while_a_run_goes_do_not_poll_the_outbox(
+    sqlite_store: Store, sandbox: SandboxHandle, make_daemon: DaemonFactory
+) -> None:
+    """The run claims what is inserted by itself; a poll per wake-up (per insert, or per
+    commit on SQLite) would only count the whole outbox again for the gauges."""
+    daemon = await make_daemon(
+        sqlite_store, sandbox, poll_interval=120.0, settings={"rate_limit": 10.0}
+    )
+    polls: list[bool] = []
+    poll = daemon._poll
+
+    async def counted(*, busy: bool) -> bool:
+        polls.append(busy)
+        return await poll(busy=busy)
+
+    daemon._poll = counted  # type: ignore[method-assign]
+    async with running(daemon):
+        await sqlite_store.enqueue([update(w, title="a") for w in range(1, 21)])  # about 2 s
+        daemon.wake.set()
+        await eventually(lambda: _sent(sandbox, 1))
+        for _ in range(10):
+            daemon.wake.set()
+            await asyncio.sleep(0.05)
+        assert True not in polls
+        await eventually(lambda: _all_done(sqlite_store))
+    assert daemon.summary.runs == 1
+
+
+async def _sent(sandbox: SandboxHandle, n: int) -> bool:
+    return sandbox.state.stats.count() >= n
+
+
 async def test_an_idle_daemon_stays_live_in_the_worker_registry_and_leaves_it_on_stop(
     store: Store, sandbox: SandboxHandle, make_daemon: DaemonFactory
 ) -> None:
