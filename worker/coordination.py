@@ -18,7 +18,7 @@ import contextlib
 import hashlib
 import math
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
@@ -196,16 +196,13 @@ class Coordinator:
         ``throttled`` is a ``Retry-After`` to honour (0 or None: none was given, and a learned
         budget pauses for none: the step down is the answer).
         """
+
+        def initial(now: float) -> dict[str, Any]:
+            start = learned_values(learning.start(bounds, now))
+            return {"budget": bounds.ceiling, "auto": True, "changed_at": now, **start}
+
         async with transaction(self.engine, "reserving rate budget") as conn:
-            asked = time.monotonic()
-            now = await self._db_now(conn)
-            local = time.monotonic()
-            await self._ensure_learned_row(conn, key, bounds, now)
-            row = (
-                await conn.execute(
-                    sa.select(sync_rate_limits).where(r.token_key == key).with_for_update()
-                )
-            ).one()
+            asked, now, local, row = await self._locked_budget(conn, key, initial)
             before = learned_of(row)
             state = learn_from(
                 replace(before, rate=bounds.clamp(before.rate)),
@@ -234,23 +231,6 @@ class Coordinator:
             return SlotBlock(
                 now, start, spacing, count, local=local, sent=asked, learned=state.good
             )
-
-    async def _ensure_learned_row(
-        self, conn: AsyncConnection, key: str, bounds: Bounds, now: float
-    ) -> None:
-        values = {
-            "token_key": key,
-            "budget": bounds.ceiling,
-            "auto": True,
-            "changed_at": now,
-            **learned_values(learning.start(bounds, now)),
-        }
-        insert: Any = (
-            postgresql.insert(sync_rate_limits)
-            if self.dialect == "postgresql"
-            else sqlite.insert(sync_rate_limits)
-        )
-        await conn.execute(insert.values(**values).on_conflict_do_nothing())
 
     async def _db_now(self, conn: AsyncConnection) -> float:
         if self.dialect == "postgresql":
@@ -304,16 +284,12 @@ class Coordinator:
         ``throttled`` is the Retry-After of a 429 this worker saw (0 when none was given). A
         stored pause never reaches more than ``max_pause`` seconds past now, whoever wrote it.
         """
+
+        def initial(now: float) -> dict[str, Any]:
+            return {"budget": budget, "rate": budget, "changed_at": now}
+
         async with transaction(self.engine, "reserving rate budget") as conn:
-            sent = time.monotonic()
-            now = await self._db_now(conn)
-            local = time.monotonic()
-            await self._ensure_row(conn, key, budget, now)
-            row = (
-                await conn.execute(
-                    sa.select(sync_rate_limits).where(r.token_key == key).with_for_update()
-                )
-            ).one()
+            sent, now, local, row = await self._locked_budget(conn, key, initial)
             state = RateState(min(row.rate, budget), row.changed_at)
             paused_until = min(row.paused_until, now + max_pause)
             values: dict[str, Any] = {"budget": budget}
@@ -340,14 +316,22 @@ class Coordinator:
             )
             return replace(reservation, local=local, sent=sent)
 
-    async def _ensure_row(self, conn: AsyncConnection, key: str, budget: float, now: float) -> None:
-        values = {"token_key": key, "budget": budget, "rate": budget, "changed_at": now}
+    async def _locked_budget(
+        self, conn: AsyncConnection, key: str, initial: Callable[[float], dict[str, Any]]
+    ) -> tuple[float, float, float, Any]:
+        """The budget's row, locked, created from ``initial(now)`` if new; with the clock
+        sample: our monotonic time when asked, the database's time, ours when it answered."""
+        asked = time.monotonic()
+        now = await self._db_now(conn)
+        local = time.monotonic()
         insert: Any = (
             postgresql.insert(sync_rate_limits)
             if self.dialect == "postgresql"
             else sqlite.insert(sync_rate_limits)
         )
-        await conn.execute(insert.values(**values).on_conflict_do_nothing())
+        await conn.execute(insert.values(token_key=key, **initial(now)).on_conflict_do_nothing())
+        locked = sa.select(sync_rate_limits).where(r.token_key == key).with_for_update()
+        return asked, now, local, (await conn.execute(locked)).one()
 
     async def budgets(self) -> list[dict[str, Any]]:
         """Every token's shared budget: its configured rate, current rate and 429 count.
