@@ -196,30 +196,11 @@ class FastServer:
 @contextlib.contextmanager
 def fast_server(delay_ms: float = 0.0) -> Iterator[FastServer]:
     """Start the fast server in its own process (the bench's interpreter) and stop it after."""
-    process = subprocess.Popen(
-        [sys.executable, str(Path(__file__).resolve()), "--delay-ms", f"{delay_ms:g}"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert process.stdout is not None
-        line = process.stdout.readline()
-        if "listening on" not in line:
-            err = process.stderr.read() if process.stderr else ""
-            raise RuntimeError(f"fast server did not start: {line}{err}")
-        url = line.split()[-1]
+    from processes import serving  # the bench's helpers; this file also runs alone
+
+    argv = [sys.executable, str(Path(__file__).resolve()), "--delay-ms", f"{delay_ms:g}"]
+    with serving(argv, "fast server") as (url, process):
         yield FastServer(url, url.removesuffix("/api/v1"), process)
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-        for stream in (process.stdout, process.stderr):
-            if stream is not None:
-                stream.close()
 
 
 if __name__ == "__main__":

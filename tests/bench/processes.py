@@ -71,41 +71,21 @@ def proc_cpu_seconds(pid: int) -> float:
 
 
 @contextlib.contextmanager
-def sandbox(
-    workspaces: int,
-    rate_limit: int = 0,
-    latency_ms: float = 0,
-    extra_args: Sequence[str] = (),
-) -> Iterator[Sandbox]:
-    """Start the sandbox (faults off) with ``workspaces`` seeded, an optional strict limit, an
-    optional fixed latency per answer and any further options (``--rate-limit-schedule``)."""
+def serving(
+    argv: Sequence[str], what: str, cwd: Path | None = None
+) -> Iterator[tuple[str, subprocess.Popen[str]]]:
+    """Start a server that prints ``listening on URL`` first; its URL and process, stopped
+    (SIGTERM, then SIGKILL after 10 s) and its pipes closed afterwards."""
     process = subprocess.Popen(
-        [
-            KANTATA_SYNC,
-            "sandbox",
-            "--port",
-            "0",
-            "--inspect",
-            "--workspaces",
-            str(workspaces),
-            "--rate-limit",
-            str(rate_limit),
-            *(["--latency-ms", f"{latency_ms:g}"] if latency_ms else []),
-            *extra_args,
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        cwd=ROOT,
+        list(argv), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=cwd
     )
     try:
         assert process.stdout is not None
         line = process.stdout.readline()
         if "listening on" not in line:
             err = process.stderr.read() if process.stderr else ""
-            raise BenchError(f"sandbox did not start: {line}{err}")
-        url = line.split()[-1]
-        yield Sandbox(url, url.removesuffix("/api/v1"), process)
+            raise BenchError(f"{what} did not start: {line}{err}")
+        yield line.split()[-1], process
     finally:
         process.terminate()
         try:
@@ -116,6 +96,32 @@ def sandbox(
         for stream in (process.stdout, process.stderr):
             if stream is not None:
                 stream.close()
+
+
+@contextlib.contextmanager
+def sandbox(
+    workspaces: int,
+    rate_limit: int = 0,
+    latency_ms: float = 0,
+    extra_args: Sequence[str] = (),
+) -> Iterator[Sandbox]:
+    """Start the sandbox (faults off) with ``workspaces`` seeded, an optional strict limit, an
+    optional fixed latency per answer and any further options (``--rate-limit-schedule``)."""
+    argv = [
+        KANTATA_SYNC,
+        "sandbox",
+        "--port",
+        "0",
+        "--inspect",
+        "--workspaces",
+        str(workspaces),
+        "--rate-limit",
+        str(rate_limit),
+        *(["--latency-ms", f"{latency_ms:g}"] if latency_ms else []),
+        *extra_args,
+    ]
+    with serving(argv, "sandbox", cwd=ROOT) as (url, process):
+        yield Sandbox(url, url.removesuffix("/api/v1"), process)
 
 
 # --- the worker ------------------------------------------------------------------------------
