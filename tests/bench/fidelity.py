@@ -72,17 +72,7 @@ def measure(ctx: Context) -> Outcome:
             log(f"fidelity: {label}, run {repeat + 1}/{repeats}: {run.rate:.1f}/s")
             rates.append(run.rate)
             throttled.append(run.throttled)
-            detail.add(
-                label,
-                repeat + 1,
-                run.accepted,
-                f"{run.seconds:.2f}",
-                f"{run.rate:.1f}",
-                fmt_pct(run.rate / BUDGET),
-                fmt_pct(run.slowest / BUDGET),
-                run.throttled,
-                run.busiest,
-            )
+            detail.add(label, repeat + 1, *run.cells(BUDGET), run.busiest)
         rate = median(rates)
         detail.add(label, "median", "", "", f"{rate:.1f}", fmt_pct(rate / BUDGET), "", "", "")
         runs_with_429 = sum(1 for n in throttled if n)
@@ -117,6 +107,17 @@ class FidelityRun:
     @property
     def rate(self) -> float:
         return self.accepted / self.seconds
+
+    def cells(self, budget: float) -> list[object]:
+        """The detail table's columns from "accepted" to "429s"."""
+        return [
+            self.accepted,
+            f"{self.seconds:.2f}",
+            f"{self.rate:.1f}",
+            fmt_pct(self.rate / budget),
+            fmt_pct(self.slowest / budget),
+            self.throttled,
+        ]
 
 
 def _one_run(

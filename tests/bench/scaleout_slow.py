@@ -162,16 +162,7 @@ def _shared_budget(ctx: Context, outcome: Outcome, repeats: int) -> None:
         log(f"shared budget, slow API: run {repeat + 1}/{repeats}: {run.rate:.1f}/s")
         rates.append(run.rate)
         throttled.append(run.throttled)
-        detail.add(
-            label,
-            repeat + 1,
-            run.accepted,
-            f"{run.seconds:.2f}",
-            f"{run.rate:.1f}",
-            fmt_pct(run.rate / budget),
-            fmt_pct(run.slowest / budget),
-            run.throttled,
-        )
+        detail.add(label, repeat + 1, *run.cells(budget))
     rate = median(rates)
     fraction = rate / budget
     detail.add("median", "", "", "", f"{rate:.1f}", fmt_pct(fraction), "", sum(throttled))
@@ -190,16 +181,7 @@ def _shared_budget(ctx: Context, outcome: Outcome, repeats: int) -> None:
         detail,
         latency_ms=LATENCY_MS,
     )
-    detail.add(
-        f"{label}, concurrency {wide} (one run)",
-        1,
-        run.accepted,
-        f"{run.seconds:.2f}",
-        f"{run.rate:.1f}",
-        fmt_pct(run.rate / budget),
-        fmt_pct(run.slowest / budget),
-        run.throttled,
-    )
+    detail.add(f"{label}, concurrency {wide} (one run)", 1, *run.cells(budget))
     detail.notes.append(
         f"the last row: the same with {wide} requests in flight per worker, more than budget x "
         f"latency = {budget * LATENCY_MS / 1000:g} (until 53dbe03, the limiter's consecutive "
