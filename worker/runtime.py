@@ -20,9 +20,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from . import db as dbmod
+from .budget import learning_limiter, shared_limiter
 from .client import KantataClient
 from .config import Settings
-from .coordination import Coordinator, learning_limiter, shared_limiter
+from .coordination import Coordinator
 from .dispatcher import Dispatcher, default_worker_name
 from .exceptions import NotMigratedError
 from .learning import Bounds

@@ -10,8 +10,9 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from worker import db as dbmod
+from worker.budget import token_key
 from worker.changes import Kind, NewChange
-from worker.coordination import Coordinator, token_key
+from worker.coordination import Coordinator
 from worker.ratelimit import SharedRateLimiter
 from worker.store import Store
 

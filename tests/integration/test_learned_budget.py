@@ -7,7 +7,8 @@ import asyncio
 import pytest
 
 from worker import learning
-from worker.coordination import Coordinator, learning_limiter, token_key
+from worker.budget import learning_limiter, token_key
+from worker.coordination import Coordinator
 from worker.learning import Bounds
 from worker.store import Store
 

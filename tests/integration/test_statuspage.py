@@ -15,8 +15,9 @@ import sqlalchemy as sa
 from tests.pagescan import parse
 from worker import db as dbmod
 from worker import statuspage
+from worker.budget import token_key
 from worker.changes import State
-from worker.coordination import Coordinator, token_key
+from worker.coordination import Coordinator
 from worker.health import DatabaseProbe, HealthState, HttpListener
 from worker.metrics import Metrics
 from worker.models import sync_changes

@@ -11,7 +11,7 @@ from dataclasses import dataclass, replace
 import pytest
 
 from worker import learning
-from worker.coordination import learn_from, learned_of, learned_values
+from worker.budget import learn_from, learned_of, learned_values
 from worker.learning import Bounds, Learned
 
 BOUNDS = Bounds(floor=1.0, ceiling=250.0)
