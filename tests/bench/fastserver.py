@@ -18,13 +18,13 @@ import argparse
 import asyncio
 import contextlib
 import json
-import subprocess
 import sys
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from processes import Served, serving  # this directory is on the path run alone too
 
 PREFIX = b"/api/v1/"
 UPDATED_AT = "2026-12-07T00:00:00.000000+00:00"
@@ -163,23 +163,10 @@ def main(argv: list[str] | None = None) -> None:
 
 # --- for the benches ---------------------------------------------------------------------------
 
-_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-
 
 @dataclass
-class FastServer:
+class FastServer(Served):
     """A running fast server subprocess."""
-
-    url: str
-    origin: str
-    process: subprocess.Popen[str]
-
-    def _call(self, method: str, path: str) -> Any:
-        request = urllib.request.Request(
-            self.origin + path, method=method, data=b"" if method == "POST" else None
-        )
-        with _OPENER.open(request, timeout=30) as response:
-            return json.loads(response.read())
 
     def total(self) -> int:
         return int(self._call("GET", "/__fast__/stats")["total"])
@@ -196,8 +183,6 @@ class FastServer:
 @contextlib.contextmanager
 def fast_server(delay_ms: float = 0.0) -> Iterator[FastServer]:
     """Start the fast server in its own process (the bench's interpreter) and stop it after."""
-    from processes import serving  # the bench's helpers; this file also runs alone
-
     argv = [sys.executable, str(Path(__file__).resolve()), "--delay-ms", f"{delay_ms:g}"]
     with serving(argv, "fast server") as (url, process):
         yield FastServer(url, url.removesuffix("/api/v1"), process)

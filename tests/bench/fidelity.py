@@ -15,7 +15,15 @@ import time
 from dataclasses import dataclass
 
 from databases import Database, database
-from processes import Sandbox, WorkerProcess, check_exit, run_worker, sandbox, worker_env
+from processes import (
+    Sandbox,
+    WorkerProcess,
+    check_exits,
+    run_worker,
+    sandbox,
+    stop_workers,
+    worker_env,
+)
 from reporting import BenchError, Context, Finding, Outcome, Table, fmt_pct, log, median
 from workloads import cycle_rows
 
@@ -178,11 +186,8 @@ def _one_run(
                 time.sleep(max(0.0, marks[0][0] + seconds * k / windows - time.monotonic()))
                 marks.append((time.monotonic(), _accepted(sb.stats())))
         finally:
-            for proc in procs:
-                proc.stop()
-            results = [proc.wait(60) for proc in procs]
-        for result in results:
-            check_exit(result)
+            results = stop_workers(procs)
+        check_exits(results)
         stats = sb.stats()
         remaining = db.state_counts().get("pending", 0)
     if remaining == 0:

@@ -34,7 +34,15 @@ from datetime import UTC, datetime
 from typing import Any
 
 from databases import Database, Row, database
-from processes import ProcessResult, Sandbox, WorkerProcess, check_exit, sandbox, worker_env
+from processes import (
+    ProcessResult,
+    Sandbox,
+    WorkerProcess,
+    check_exits,
+    sandbox,
+    stop_workers,
+    worker_env,
+)
 from reporting import BenchError, Context, Finding, Outcome, Table, fmt_pct, log, median
 from workloads import UPDATE
 
@@ -158,11 +166,8 @@ def _wait_first_request(sb: Sandbox, baseline: int = 0) -> None:
 
 
 def _stop(procs: Sequence[WorkerProcess]) -> list[ProcessResult]:
-    for proc in procs:
-        proc.stop()
-    results = [proc.wait(60) for proc in procs]
-    for result in results:
-        check_exit(result)
+    results = stop_workers(procs)
+    check_exits(results)
     return results
 
 

@@ -34,8 +34,8 @@ _OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
 @dataclass
-class Sandbox:
-    """A running ``kantata-sync sandbox --inspect`` subprocess."""
+class Served:
+    """A server child (see :func:`serving`) and a JSON call to it, proxies bypassed."""
 
     url: str
     origin: str
@@ -47,6 +47,11 @@ class Sandbox:
         )
         with _OPENER.open(request, timeout=30) as response:
             return json.loads(response.read())
+
+
+@dataclass
+class Sandbox(Served):
+    """A running ``kantata-sync sandbox --inspect`` subprocess."""
 
     def stats(self) -> dict[str, Any]:
         result: dict[str, Any] = self._call("GET", "/__sandbox__/stats")
@@ -236,14 +241,25 @@ def check_exit(result: ProcessResult) -> None:
         raise BenchError(f"kantata-sync run exited {result.returncode}: {result.stderr[-2000:]}")
 
 
+def check_exits(results: Sequence[ProcessResult]) -> None:
+    for result in results:
+        check_exit(result)
+
+
+def stop_workers(procs: Sequence[WorkerProcess]) -> list[ProcessResult]:
+    """SIGTERM every worker, then reap them all (their exits are the caller's to check)."""
+    for proc in procs:
+        proc.stop()
+    return [proc.wait(60) for proc in procs]
+
+
 def run_workers(
     envs: Sequence[dict[str, str]], tmp: Path, timeout: float = 600
 ) -> list[ProcessResult]:
     """Start every worker at once and wait for all of them."""
     workers = [WorkerProcess(env, tmp) for env in envs]
     results = [w.wait(timeout) for w in workers]
-    for result in results:
-        check_exit(result)
+    check_exits(results)
     return results
 
 

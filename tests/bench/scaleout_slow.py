@@ -19,7 +19,7 @@ from dataclasses import replace
 import fidelity
 from databases import database
 from fastserver import FastServer, fast_server
-from processes import WorkerProcess, check_exit, worker_env
+from processes import WorkerProcess, check_exits, stop_workers, worker_env
 from reporting import BenchError, Context, Finding, Outcome, Table, fmt_pct, log, median
 from workloads import one_change_rows
 
@@ -132,11 +132,8 @@ def _steady_rate(
             time.sleep(window)
             t1, n1 = time.monotonic(), fs.total()
         finally:
-            for proc in procs:
-                proc.stop()
-            results = [proc.wait(60) for proc in procs]
-        for result in results:
-            check_exit(result)
+            results = stop_workers(procs)
+        check_exits(results)
         pending = db.state_counts().get("pending", 0)
     if pending == 0:
         raise BenchError(f"{workers} workers drained the queue before the window ended")
