@@ -78,13 +78,6 @@ def learned_values(state: Learned) -> dict[str, Any]:
     }
 
 
-def learn_from(state: Learned, bounds: Bounds, now: float, *, sent: int, refused: int) -> Learned:
-    """Pure: a worker's news with its reservation (429s seen, requests sent) applied."""
-    for _ in range(refused):
-        state = learning.throttled(state, now, bounds)
-    return learning.taken(state, sent, now, bounds)
-
-
 def reserve_slots(
     *,
     next_slot: float,
@@ -96,9 +89,18 @@ def reserve_slots(
 ) -> tuple[SlotBlock, float, RateState]:
     """Pure: take ``count`` slots from the schedule; return them, the new next slot and rate."""
     state = recovered(state, budget, now)
+    block, after = lay_out(next_slot, paused_until, now, state.rate, count)
+    return block, after, state
+
+
+def lay_out(
+    next_slot: float, paused_until: float, now: float, rate: float, count: int
+) -> tuple[SlotBlock, float]:
+    """Pure: ``count`` slots ``1 / rate`` apart from the schedule's next free one (not before
+    now, nor within a pause); the block and the schedule's new next slot."""
     start = max(next_slot, now, paused_until)
-    spacing = 1.0 / state.rate
-    return SlotBlock(now, start, spacing, count), start + count * spacing, state
+    spacing = 1.0 / rate
+    return SlotBlock(now, start, spacing, count), start + count * spacing
 
 
 class SharedBudget:
@@ -187,7 +189,7 @@ class SharedBudget:
         async with transaction(self.engine, "reserving rate budget") as conn:
             asked, now, local, row = await self._locked_budget(conn, key, initial)
             before = learned_of(row)
-            state = learn_from(
+            state = learning.learn_from(
                 replace(before, rate=bounds.clamp(before.rate)),
                 bounds,
                 now,
@@ -197,13 +199,12 @@ class SharedBudget:
             paused_until = min(row.paused_until, now + max_pause)
             if throttled:
                 paused_until = max(paused_until, now + min(throttled, max_pause))
-            start = max(row.next_slot, now, paused_until)
-            spacing = 1.0 / state.rate
+            block, next_slot = lay_out(row.next_slot, paused_until, now, state.rate, count)
             values = learned_values(state)
             values.update(
                 budget=bounds.ceiling,
                 changed_at=now,
-                next_slot=start + count * spacing,
+                next_slot=next_slot,
                 paused_until=paused_until,
                 sent=r.sent + sent,
                 throttled=r.throttled + refused,
@@ -211,9 +212,7 @@ class SharedBudget:
             await conn.execute(
                 sa.update(sync_rate_limits).where(r.token_key == key).values(**values)
             )
-            return SlotBlock(
-                now, start, spacing, count, local=local, sent=asked, learned=state.good
-            )
+            return replace(block, local=local, sent=asked, learned=state.good)
 
     async def _db_now(self, conn: AsyncConnection) -> float:
         if self.dialect == "postgresql":
@@ -240,7 +239,7 @@ class SharedBudget:
             return {"budget": budget, "rate": budget, "changed_at": now}
 
         async with transaction(self.engine, "reserving rate budget") as conn:
-            sent, now, local, row = await self._locked_budget(conn, key, initial)
+            asked, now, local, row = await self._locked_budget(conn, key, initial)
             state = RateState(min(row.rate, budget), row.changed_at)
             paused_until = min(row.paused_until, now + max_pause)
             values: dict[str, Any] = {"budget": budget}
@@ -265,7 +264,7 @@ class SharedBudget:
             await conn.execute(
                 sa.update(sync_rate_limits).where(r.token_key == key).values(**values)
             )
-            return replace(reservation, local=local, sent=sent)
+            return replace(reservation, local=local, sent=asked)
 
     async def _locked_budget(
         self, conn: AsyncConnection, key: str, initial: Callable[[float], dict[str, Any]]

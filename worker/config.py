@@ -14,7 +14,7 @@ import tomllib
 import unicodedata
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import (
@@ -50,7 +50,7 @@ class Settings(BaseModel):
     api_base_url: str = DEFAULT_API_BASE_URL
     token: SecretStr | None = None
     token_file: Path | None = None
-    rate_limit: Annotated[float, Field(ge=0, le=MAX_RATE_LIMIT)] | Literal["auto"] = 10.0
+    rate_limit: float | Literal["auto"] = 10.0
     """Requests per second for this token, shared by all workers; 0 turns the limiter off;
     ``"auto"`` learns the highest rate the token sustains without 429s."""
     rate_limit_min: float = Field(default=1.0, gt=0, le=10_000)

@@ -160,3 +160,10 @@ def throttled(state: Learned, now: float, bounds: Bounds) -> Learned:
         probed_at=now,
         estimated_at=estimated_at,
     )
+
+
+def learn_from(state: Learned, bounds: Bounds, now: float, *, sent: int, refused: int) -> Learned:
+    """Pure: a worker's news with its reservation (429s seen, requests sent) applied."""
+    for _ in range(refused):
+        state = throttled(state, now, bounds)
+    return taken(state, sent, now, bounds)

@@ -11,8 +11,8 @@ from dataclasses import dataclass, replace
 import pytest
 
 from worker import learning
-from worker.budget import learn_from, learned_of, learned_values
-from worker.learning import Bounds, Learned
+from worker.budget import learned_of, learned_values
+from worker.learning import Bounds, Learned, learn_from
 
 BOUNDS = Bounds(floor=1.0, ceiling=250.0)
 
