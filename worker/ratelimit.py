@@ -210,7 +210,7 @@ class SharedRateLimiter:
         self.endpoint_class = endpoint_class
         self.learns = learns
         """Whether the source learns the rate (``rate_limit = "auto"``); it then hears the
-        429s and the unsent slots with each reservation."""
+        429s seen and the requests sent with each reservation."""
         self.learned: float | None = None
         """The learned budget's highest rate known good, as of the last reservation."""
         self.acquired = 0
@@ -218,7 +218,8 @@ class SharedRateLimiter:
         """Senders inside :meth:`acquire` now: the demand a reservation is sized to."""
         self._size_to_demand = size_to_demand
         self._refused = 0
-        self._sent = 0
+        self._reported = 0
+        """:attr:`acquired` as of the last reservation: the sends since are the news."""
         self._source = source
         self._sleep = sleep
         self._block_seconds = block_seconds
@@ -271,7 +272,6 @@ class SharedRateLimiter:
                 skipped += 1
                 self.skipped += 1
             self.acquired += 1
-            self._sent += 1
         return self._clock() - started
 
     def _tolerance(self) -> float:
@@ -323,7 +323,9 @@ class SharedRateLimiter:
         count = count or self._block_size()
         self._low_water = count // 2
         throttled, self._pending_throttle = self._pending_throttle, None
-        refused, sent, self._refused, self._sent = self._refused, self._sent, 0, 0
+        refused, self._refused = self._refused, 0
+        reported, self._reported = self._reported, self.acquired
+        sent = self.acquired - reported
         generation = self._generation
         try:
             if self.learns:
@@ -335,7 +337,7 @@ class SharedRateLimiter:
             if throttled is not None:
                 self._pending_throttle = max(self._pending_throttle or 0.0, throttled)
             self._refused += refused
-            self._sent += sent
+            self._reported = reported
             raise
         if block.learned is not None:
             self._note_learned(block.learned)
