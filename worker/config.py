@@ -53,9 +53,9 @@ class Settings(BaseModel):
     rate_limit: float | Literal["auto"] = 10.0
     """Requests per second for this token, shared by all workers; 0 turns the limiter off;
     ``"auto"`` learns the highest rate the token sustains without 429s."""
-    rate_limit_min: float = Field(default=1.0, gt=0, le=10_000)
+    rate_limit_min: float = Field(default=1.0, gt=0, le=MAX_RATE_LIMIT)
     """With ``rate_limit = "auto"``: the learned rate never goes below this."""
-    rate_limit_max: float = Field(default=250.0, gt=0, le=10_000)
+    rate_limit_max: float = Field(default=250.0, gt=0, le=MAX_RATE_LIMIT)
     """With ``rate_limit = "auto"``: the learned rate never goes above this."""
     concurrency: int = Field(default=8, ge=1, le=512)
     max_attempts: int = Field(default=5, ge=1, le=100)
