@@ -80,7 +80,7 @@ class CircuitBreaker:
         self.threshold = threshold
         self.cooldown = cooldown
         self.max_cooldown = max(max_cooldown, cooldown)
-        self.state = BreakerState()
+        self.state = CLOSED
         self.opened = 0
         self._clock = clock
         self._changed = asyncio.Event()
@@ -101,8 +101,13 @@ class CircuitBreaker:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._changed.wait(), timeout=max(delay, 0.01))
 
+    @property
+    def closed(self) -> bool:
+        """Whether requests go without asking (closed, or no breaker at all)."""
+        return self.threshold <= 0 or self.state.phase is Phase.CLOSED
+
     def record(self, *, unhealthy: bool) -> None:
-        if self.threshold <= 0:
+        if self.threshold <= 0 or (not unhealthy and self.state is CLOSED):
             return
         before = self.state.phase
         self.state = record(

@@ -13,7 +13,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from .batches import BatchStatements
+from .batches import BatchStatements, json_safe, packed
 from .changes import State
 from .models import UTCDateTime, sync_changes, sync_workers
 
@@ -54,11 +54,7 @@ class ClaimStatements:
             .order_by(c.id + 0)
             .limit(limit)
         )
-        if postgres:
-            first = first.with_for_update(skip_locked=True, of=sync_changes)
-            queued = queued.with_for_update(skip_locked=True, of=sync_changes)
-        self.first, self.queued = first, queued
-        self.take = (
+        take = (
             sa.update(sync_changes)
             .where(batch.in_list(c.id, "ids"))
             .values(
@@ -68,7 +64,14 @@ class ClaimStatements:
                 lease_token=c.lease_token + 1,
                 updated_at=now,
             )
-            .returning(
+        )
+        self.take: Any
+        self.taken: sa.Select[Any] | None = None
+        """SQLite: the taken rows, read after :attr:`take` in one :func:`packed` row."""
+        if postgres:
+            self.first = first.with_for_update(skip_locked=True, of=sync_changes)
+            self.queued = queued.with_for_update(skip_locked=True, of=sync_changes)
+            self.take = take.returning(
                 c.id,
                 c.workspace_id,
                 text(c.kind),
@@ -78,7 +81,31 @@ class ClaimStatements:
                 c.lease_token,
                 c.http_status,
             )
-        )
+        else:
+            # Every claim query comes back as one row (see packed); the producer's columns
+            # as SQLite holds them, bytes included.
+            self.first = _packed_ids(first)
+            self.queued = _packed_ids(queued)
+            self.take = take
+            self.taken = packed(
+                sa.select(
+                    c.id,
+                    *(
+                        json_safe(column)
+                        for column in (
+                            c.workspace_id,
+                            c.kind,
+                            c.payload,
+                            c.source_ref,
+                            c.attempts,
+                            c.lease_token,
+                            c.http_status,
+                        )
+                    ),
+                )
+                .where(batch.in_list(c.id, "ids"))
+                .order_by(c.id)
+            )
 
     @staticmethod
     def _reclaim(taken_over: sa.ColumnElement[bool], postgres: bool) -> Any:
@@ -100,6 +127,12 @@ class ClaimStatements:
                 updated_at=sa.bindparam("now", type_=UTCDateTime),
             )
         )
+
+
+def _packed_ids(select: sa.Select[Any]) -> sa.Select[Any]:
+    """``select`` (``id, workspace_id``) as one packed row, the workspace ID JSON-safe."""
+    rows = select.subquery("claimable")
+    return packed(sa.select(rows.c.id, json_safe(rows.c.workspace_id)))
 
 
 def blocked_workspaces(now: Any, *, waiting: bool = True) -> sa.Select[Any]:

@@ -266,6 +266,14 @@ class KantataClient:
         """The body, inflated, in chunks; ``too_large`` once it passes the cap either way."""
         limit = self._max_body_bytes
         declared = response.content_length
+        if (
+            declared is not None
+            and declared <= limit
+            and not response.headers.get("Content-Encoding")
+        ):
+            # The usual answer: its length is known and nothing inflates it, so the body can
+            # be no longer than declared (aiohttp stops there) and is read in one go.
+            return await response.read()
         chunks: list[bytes] = []
         size = 0
         if declared is None or declared <= limit:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from .changes import Lease
 
@@ -26,25 +26,25 @@ MARGIN_FRACTION = 0.25
 
 @dataclass(frozen=True, slots=True)
 class LeaseTerms:
-    """How long a claim or an extension holds, and how long a silent worker counts as alive."""
+    """How long a claim or an extension holds, and how long a silent worker counts as alive.
+
+    ``window`` is the shorter of the two ways a lease can be taken over; ``margin`` a quarter
+    of it, between one and thirty seconds, and at most half of it (the half keeps a freshly
+    confirmed lease sendable however short the lease is). Both are worked out once: every
+    send asks for them.
+    """
 
     lease_seconds: float
     dead_after: float | None = None
     """Seconds without a registry heartbeat after which others take the leases (None: never)."""
+    window: float = field(init=False, repr=False, compare=False)
+    margin: float = field(init=False, repr=False, compare=False)
 
-    @property
-    def window(self) -> float:
-        """The shorter of the two ways a lease can be taken over."""
-        return min(self.lease_seconds, self.dead_after or math.inf)
-
-    @property
-    def margin(self) -> float:
-        """A quarter of the window, between one and thirty seconds, and at most half of it.
-
-        The half keeps a freshly confirmed lease sendable however short the lease is.
-        """
-        quarter = max(MIN_MARGIN, MARGIN_FRACTION * self.window)
-        return min(MAX_MARGIN, quarter, self.window / 2)
+    def __post_init__(self) -> None:
+        window = min(self.lease_seconds, self.dead_after or math.inf)
+        quarter = max(MIN_MARGIN, MARGIN_FRACTION * window)
+        object.__setattr__(self, "window", window)
+        object.__setattr__(self, "margin", min(MAX_MARGIN, quarter, window / 2))
 
 
 def send_deadline(terms: LeaseTerms, held_since: float, alive_since: float | None) -> float:

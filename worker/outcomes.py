@@ -97,11 +97,11 @@ def classify(answer: ApiResponse | TransportError, *, status_change: bool) -> Cl
     if isinstance(answer, TransportError):
         return Classified(Verdict.RETRY, None, answer.kind, cap_message(str(answer)))
     status = answer.status
+    if 200 <= status < 300:
+        return Classified(Verdict.SUCCESS, status)
     kind, message, field = (
         None if text is None else cap_message(text) for text in kantata_error(answer.body)
     )
-    if 200 <= status < 300:
-        return Classified(Verdict.SUCCESS, status)
     if status == 401:
         return Classified(
             Verdict.TOKEN_REJECTED, status, kind or "oauth", message or "token rejected"

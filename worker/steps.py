@@ -170,11 +170,13 @@ class StepRunner:
 
         Waiting can outlast a 401 or a SIGTERM: then nothing is sent (:class:`StepAbandoned`).
         """
-        paused = await self.breaker.wait()
-        if paused:
-            self.log.info(
-                "breaker.waited", seconds=round(paused, 3), phase=self.breaker.state.phase
-            )
+        # A closed breaker (the usual case) is not awaited.
+        if not self.breaker.closed:
+            paused = await self.breaker.wait()
+            if paused:
+                self.log.info(
+                    "breaker.waited", seconds=round(paused, 3), phase=self.breaker.state.phase
+                )
         waited = await self.limiter_for(endpoint).acquire()
         if self.halted():
             raise StepAbandoned(f"{endpoint} not sent: the run is stopping")
@@ -205,7 +207,8 @@ class StepRunner:
         # The last moment before the request leaves: is the lease still surely ours? A worker
         # that was frozen (or waited out a database outage) wakes past its deadline here.
         leases = [Lease(change.id, change.lease_token) for change in step.changes]
-        if not await self.confirm(leases):
+        book = self.ledger.book
+        if book.stale(leases, self.monotonic()) and not await self.confirm(leases):
             lost = [
                 lease.change_id
                 for lease in leases
@@ -222,7 +225,7 @@ class StepRunner:
 
         def guard() -> str | None:
             # Asked again as the bytes are written (a loop iteration later, or after a freeze).
-            stale = self.ledger.book.stale(leases, self.monotonic())
+            stale = book.stale(leases, self.monotonic())
             if not stale:
                 return None
             return (

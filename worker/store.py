@@ -16,7 +16,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from .batches import BatchStatements
+from .batches import BatchStatements, unhex, unpack
 from .changes import (
     AttemptRecord,
     ClaimedRow,
@@ -136,7 +136,7 @@ class Store(OutboxQueries):
             if self.dialect == "postgresql":
                 await conn.execute(claims.serialise)
             await self.reclaim_expired(conn, now, dead_after)
-            found = (await conn.execute(claims.first, {"now": now, "limit": limit})).all()
+            found = await self._rows(conn, claims.first, {"now": now, "limit": limit})
             if not found:
                 return []
             # SQLite stores anything anywhere: only integer workspace IDs can name a workspace
@@ -144,7 +144,7 @@ class Store(OutboxQueries):
             workspaces = list(dict.fromkeys(w for _, w in found if type(w) is int))
             ahead = workspaces[: max(1, limit // CLAIM_LOOKAHEAD)]
             params = {"now": now, "limit": limit, "ahead": self._batch.ids(ahead)}
-            queued = (await conn.execute(claims.queued, params)).all()
+            queued = await self._rows(conn, claims.queued, params)
             ids = whole_prefixes(queued, found, limit)
             params = {
                 "ids": self._batch.ids(ids),
@@ -152,8 +152,27 @@ class Store(OutboxQueries):
                 "expires": now + timedelta(seconds=lease_seconds),
                 "now": now,
             }
-            rows = [ClaimedRow(*row) for row in (await conn.execute(claims.take, params)).all()]
+            taken: Sequence[Sequence[Any]]
+            if claims.taken is None:
+                taken = (await conn.execute(claims.take, params)).all()
+            else:
+                await conn.execute(claims.take, params)
+                taken = await self._rows(conn, claims.taken, params)
+            rows = [ClaimedRow(*row) for row in taken]
         rows.sort(key=lambda row: row.id)
+        return rows
+
+    async def _rows(
+        self, conn: AsyncConnection, statement: Any, params: dict[str, Any]
+    ) -> Sequence[Sequence[Any]]:
+        """A claim query's rows, in ID order; on SQLite they come :func:`packed` in one."""
+        if self.dialect != "sqlite":
+            return (await conn.execute(statement, params)).all()
+        rows = [
+            [unhex(value) for value in row]
+            for row in unpack((await conn.execute(statement, params)).scalar())
+        ]
+        rows.sort(key=lambda row: row[0])
         return rows
 
     async def extend(
@@ -215,10 +234,15 @@ class Store(OutboxQueries):
             await conn.execute(self._lock_rows, {"ids": ids})
         if results:
             params = {"batch": batch.results(results, now), "now": now}
-            written.update((await conn.execute(batch.write_back, params)).scalars())
+            if self.dialect == "sqlite":
+                found = (await conn.execute(batch.writable, params)).scalar()
+                written.update(change_id for (change_id,) in unpack(found))
+                await conn.execute(batch.write_back, params)
+            else:
+                written.update((await conn.execute(batch.write_back, params)).scalars())
         if releases:
             params = {"batch": batch.leases(releases), "now": now}
-            released = len((await conn.execute(batch.release, params)).all())
+            released = (await conn.execute(batch.release, params)).rowcount
         if attempts:
             await conn.execute(batch.log_attempts, {"batch": batch.attempts(attempts, now)})
         return written, released

@@ -180,6 +180,9 @@ def validate_payload(kind: Kind, payload: object) -> JSONObject:
     if not isinstance(payload, dict):
         raise InputError("payload", "must be a JSON object")
     if kind is Kind.STATUS_CHANGE:
+        key = payload.get("to_status_key")
+        if len(payload) == 1 and type(key) is int and color_for(key) is not None:
+            return {"to_status_key": key}  # the usual payload, in a fraction of the time
         try:
             return StatusChangePayload.model_validate(payload).model_dump()
         except ValidationError as exc:

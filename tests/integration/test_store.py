@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime, timedelta
 
+import pytest
 import sqlalchemy as sa
 
+from worker.batches import packed, unpack
 from worker.changes import Kind, Lease, NewChange, Result, State
 from worker.models import sync_changes
 from worker.queries import Filters
@@ -234,6 +236,64 @@ async def test_sqlite_rows_with_bytes_that_are_not_utf8_are_still_claimed(
     assert row.payload == b'{"\xff"'
     report = [r async for r in sqlite_store.report(Filters())]
     assert report[0]["kind"] == "workspace_update"
+
+
+@pytest.mark.parametrize(
+    ("workspace_id", "kind", "payload", "expected"),
+    [
+        pytest.param("7", "'status_change'", "'{}'", (7, b"status_change", b"{}"), id="plain"),
+        pytest.param(
+            "'abc'", "'status_change'", "'{}'", (b"abc", b"status_change", b"{}"), id="text-id"
+        ),
+        pytest.param("7.5", "'k'", "'{}'", (b"7.5", b"k", b"{}"), id="real-id"),
+        pytest.param(
+            "X'01FF'",
+            "X'FF00'",
+            "CAST(X'7B22FF22' AS TEXT)",
+            (b"\x01\xff", b"\xff\x00", b'{"\xff"'),
+            id="blobs-and-bad-utf8",
+        ),
+        pytest.param(
+            "9223372036854775807",
+            "'k'",
+            "'\"ü\"'",
+            (2**63 - 1, b"k", '"ü"'.encode()),
+            id="largest-int-and-unicode",
+        ),
+    ],
+)
+async def test_sqlite_claims_hand_back_producer_columns_as_stored(
+    sqlite_store: Store,
+    workspace_id: str,
+    kind: str,
+    payload: str,
+    expected: tuple[object, object, object],
+) -> None:
+    """A claim reads SQLite's rows packed into one JSON value (see ``batches.packed``): whatever
+    a producer stored comes back as the row held it, integers and nulls as such, anything else
+    as its bytes, for validation to judge."""
+    async with sqlite_store.engine.begin() as conn:
+        await conn.execute(
+            sa.text(
+                "INSERT INTO sync_changes (workspace_id, kind, payload) "
+                f"VALUES ({workspace_id}, {kind}, {payload})"
+            )
+        )
+    [row] = await sqlite_store.claim("w", limit=5, lease_seconds=60, now=NOW)
+    assert (row.workspace_id, row.kind, row.payload) == expected
+    assert (row.attempts, row.lease_token, row.http_status, row.source_ref) == (0, 1, None, None)
+
+
+async def test_a_packed_select_brings_every_row_in_one(sqlite_store: Store) -> None:
+    """SQLite's driver wants the GIL back for every row it steps through; a packed select
+    answers with one row however many it holds, in order."""
+    numbers = sa.select(sa.func.json_each(json.dumps(list(range(1000)))).table_valued("value"))
+    rows = numbers.subquery()
+    statement = packed(sa.select(rows.c.value, sa.literal(None)).order_by(rows.c.value))
+    async with sqlite_store.engine.connect() as conn:
+        result = (await conn.execute(statement)).all()
+    assert len(result) == 1
+    assert unpack(result[0][0]) == [[n, None] for n in range(1000)]
 
 
 async def test_next_due_skips_changes_queued_behind_another_worker(store: Store) -> None:
