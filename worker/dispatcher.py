@@ -405,8 +405,6 @@ class Dispatcher:
             if halt.is_set():
                 self._release_plan(workspace_plan)
                 continue
-            # Each worker task has a context of its own: what it binds needs no resetting.
-            bind_contextvars(workspace_id=workspace_plan.workspace_id)
             try:
                 await self._run_plan(workspace_plan, halt)
             except SyncError as exc:
@@ -431,7 +429,10 @@ class Dispatcher:
                 # claimed the change again since (a new plan carries it): this one is stale.
                 self._release_steps(workspace_plan.steps[index:])
                 return
-            bind_contextvars(change_id=step.changes[-1].id)
+            # Each worker task has a context of its own: what it binds needs no resetting.
+            bind_contextvars(
+                workspace_id=workspace_plan.workspace_id, change_id=step.changes[-1].id
+            )
             try:
                 keep_going = await self.steps.run(step)
             except TokenRejected as exc:
@@ -500,7 +501,10 @@ class Dispatcher:
 
 
 def _size(workspace_plan: WorkspacePlan) -> int:
-    return sum(len(step.changes) for step in workspace_plan.steps)
+    steps = workspace_plan.steps
+    if len(steps) == 1:  # the usual plan
+        return len(steps[0].changes)
+    return sum(len(step.changes) for step in steps)
 
 
 def _logs_debug(log: Any) -> bool:

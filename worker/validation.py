@@ -13,6 +13,7 @@ import re
 from datetime import date
 from typing import Annotated, Any, Literal
 
+import orjson
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -245,6 +246,10 @@ def decode_payload(raw: object) -> object:
 
 
 def _loads(column: str, text: str) -> Any:
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError:
+        pass  # json decides, and names the problem: it also takes NaN and huge integers
     try:
         return json.loads(text)
     except json.JSONDecodeError as exc:
