@@ -10,14 +10,22 @@ The worker's rate is its changes divided by its run's own duration (``sync_runs.
 claim to last write-back, without interpreter start-up; the bare loop has none either); the
 table also shows the rate over the process's whole wall time. Its CPU per change is the child's
 CPU (``wait4``, all threads), start-up included; the CPU of a run with nothing to do is shown
-beside it.
+beside it. So is the worker's own CPU per change on its loop's thread with no HTTP at all
+(``owncost.py``), and the ratio that leaves possible while that loop is CPU-bound:
+bare / (bare + own).
 """
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
 from databases import Row, database
 from fastserver import FastServer, fast_server
-from processes import run_worker, startup_cpu, worker_env
+from processes import base_env, run_worker, startup_cpu, worker_env
 from reporting import BenchError, Context, Finding, Outcome, Table, fmt_pct, fmt_rate, log, median
 from workloads import bare_loop, one_change_rows
 
@@ -92,7 +100,9 @@ def measure(ctx: Context) -> Outcome:
                     f"{bare_cpu[-1]:.0f}",
                     f"{server_cpu['worker']:.0f}, {server_cpu['bare']:.0f}",
                 )
+            own = median(own_cost(backend, ctx.tmp, rows) for _ in range(pairs))
             ratio, cpu_us = median(ratios), median(worker_cpu)
+            ceiling = median(bare_cpu) / (median(bare_cpu) + own)
             detail.add(
                 backend,
                 "median",
@@ -103,6 +113,12 @@ def measure(ctx: Context) -> Outcome:
                 f"{cpu_us:.0f}",
                 f"{median(bare_cpu):.0f}",
                 "",
+            )
+            detail.notes.append(
+                f"{backend}: the worker's own CPU per change on its loop's thread, with no "
+                f"HTTP at all (owncost.py, median of {pairs}), is {own:.0f} µs, against "
+                f"{median(bare_cpu):.0f} µs for a bare request: a ratio of at most "
+                f"{fmt_pct(ceiling)} while the loop is CPU-bound"
             )
             detail.notes.append(
                 f"{backend}: a run with nothing to do costs {fixed:.2f} s of CPU "
@@ -125,6 +141,8 @@ def measure(ctx: Context) -> Outcome:
                         "worker_cpu_us_per_change": round(cpu_us, 1),
                         "bare_cpu_us_per_request": round(median(bare_cpu), 1),
                         "startup_cpu_s": round(fixed, 3),
+                        "own_cpu_us_per_change": round(own, 1),
+                        "ratio_ceiling": round(ceiling, 4),
                         "pairs": pairs,
                     },
                 )
@@ -171,3 +189,24 @@ def _worker(
         raise BenchError(f"fast server saw {fs.total()} requests for {n} changes")
     duration = sum(r.duration_s or 0.0 for r in runs)
     return n / duration, n / result.wall, result.cpu
+
+
+def own_cost(backend: str, tmp: Path, rows: Sequence[Row]) -> float:
+    """The worker's own CPU µs per change on its loop's thread, no HTTP (``owncost.py`` in a
+    child, on a fresh database)."""
+    with database(backend, tmp) as db:
+        db.seed(rows)
+        done = subprocess.run(
+            [sys.executable, str(Path(__file__).with_name("owncost.py")), db.url],
+            env=base_env(db.url),
+            capture_output=True,
+            text=True,
+            timeout=600,
+            check=False,
+        )
+    if done.returncode != 0:
+        raise BenchError(f"owncost.py exited {done.returncode}: {done.stderr[-2000:]}")
+    figures = json.loads(done.stdout.strip().splitlines()[-1])
+    if figures["changes"] != len(rows):
+        raise BenchError(f"owncost.py finished {figures['changes']} of {len(rows)} changes")
+    return float(figures["main_cpu_s"]) / len(rows) * 1e6

@@ -134,7 +134,13 @@ def sandbox(
 
 def base_env(database_url: str, api_url: str = "http://127.0.0.1:9/api/v1") -> dict[str, str]:
     """The environment of a ``kantata-sync`` child: no inherited KANTATA_SYNC_* settings."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("KANTATA_SYNC_")}
+    # A user's install has its bytecode compiled; without it, every child would compile the
+    # package again at start-up (a second of CPU on a slow machine).
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("KANTATA_SYNC_") and k != "PYTHONDONTWRITEBYTECODE"
+    }
     env.update(
         KANTATA_SYNC_DATABASE_URL=database_url,
         KANTATA_SYNC_API_BASE_URL=api_url,
