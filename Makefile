@@ -6,6 +6,10 @@ STAMP  := $(VENV)/.installed
 
 .PHONY: install lint test demo bench bench-check clean systemd-check
 
+# The tests start the CLI hundreds of times: let Python keep the bytecode it compiles, as an
+# installed package has it, whatever the calling environment prefers.
+unexport PYTHONDONTWRITEBYTECODE
+
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip

@@ -1,8 +1,8 @@
 """The sync loop: claim, validate, plan, send under the rate limit, classify, write back.
 
-Workspaces run concurrently (up to ``concurrency``); the steps of one workspace run in order.
-When a step must wait for a retry, the workspace's later steps are released untouched, so
-nothing overtakes it. Results and attempt records are buffered and written in batches; a lost
+Workspaces run concurrently (up to ``concurrency`` senders, :mod:`worker.senders`); the steps
+of one workspace run in order. When a step must wait for a retry, the workspace's later steps
+are released untouched, so nothing overtakes it. Results and attempt records are buffered and written in batches; a lost
 buffer is harmless because the changes come back after their lease expires and are re-sent
 (a PUT is idempotent; a status change is read back before it is sent again).
 """
@@ -19,7 +19,7 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
-from structlog.contextvars import bind_contextvars, bound_contextvars
+from structlog.contextvars import bound_contextvars
 
 from .breaker import CircuitBreaker
 from .changes import (
@@ -38,7 +38,6 @@ from .exceptions import (
     DatabaseError,
     InputError,
     InternalError,
-    StepAbandoned,
     SyncError,
     TokenRejected,
 )
@@ -52,6 +51,7 @@ from .planner import Step, WorkspacePlan
 from .proofs import split_for_proof
 from .prover import BulkProver
 from .ratelimit import Limiter, RateLimiter
+from .senders import PlanQueue, Sender
 from .steps import StepRunner
 from .store import Store
 from .writeback import FLUSH_INTERVAL, WriteBuffer
@@ -130,9 +130,6 @@ class Dispatcher:
         self._ledger = self._new_ledger("")
         self.steps = self._new_steps()
         self._halt = asyncio.Event()
-        self._hungry = asyncio.Event()
-        self._queued = 0
-        """Changes in the plans waiting in the queue (or for their bulk read-back)."""
         self._proofs: set[asyncio.Task[None]] = set()
         """Bulk read-backs under way (:mod:`worker.prover`)."""
         self._token_rejected: TokenRejected | None = None
@@ -231,10 +228,17 @@ class Dispatcher:
             self.log.warning("db.retrying", error=str(exc), within_s=self.settings.db_retry_seconds)
 
     async def _loop(self, stop: asyncio.Event) -> RunEnding:
-        queue: asyncio.Queue[WorkspacePlan | None] = asyncio.Queue()
+        queue = PlanQueue(self.settings.batch_size)
         halt = self._halt = asyncio.Event()
+        sender = Sender(
+            self.steps,
+            self._ledger,
+            self.log,
+            on_fatal=self._end_with,
+            on_rejected=self._rejected,
+        )
         workers = [
-            asyncio.create_task(self._work(queue, halt)) for _ in range(self.settings.concurrency)
+            asyncio.create_task(sender.work(queue, halt)) for _ in range(self.settings.concurrency)
         ]
         flushing_done = asyncio.Event()
         flusher = asyncio.create_task(
@@ -243,27 +247,26 @@ class Dispatcher:
             )
         )
         heartbeat = asyncio.create_task(self.keeper.keep_alive(self._end_with))
-        self._queued = 0
         ended_because = RunEnding.DRAINED
         try:
             while not stop.is_set() and self._token_rejected is None and self._fatal is None:
                 # Claim the next batch while a whole one is still queued, so that the workers
                 # never wait for a claim; they say when the queue runs low.
-                if self._queued >= self.settings.batch_size:
-                    self._hungry.clear()
-                    await _wait_any(stop, halt, self._hungry, seconds=1.0)
+                if queue.full:
+                    queue.hungry.clear()
+                    await _wait_any(stop, halt, queue.hungry, seconds=1.0)
                     continue
                 claimed = await self._ride(self._claim)
                 if claimed:
                     ready, proving = split_for_proof(claimed)
                     for workspace_plan in claimed:
-                        self._queued += _size(workspace_plan)
+                        queue.expect(workspace_plan)
                     for workspace_plan in ready:
-                        queue.put_nowait(workspace_plan)
+                        queue.put(workspace_plan)
                     if proving:
                         self._prove(proving, queue)
                     continue
-                if queue.qsize() or self._busy(queue):
+                if self._busy(queue):
                     # Nothing claimable yet: the workspaces in hand free their next changes
                     # when their results are written back, at the next flush.
                     self._buffer.flushed.clear()
@@ -312,7 +315,7 @@ class Dispatcher:
             )
             self._fatal = self._fatal or exc
 
-    def _busy(self, queue: asyncio.Queue[WorkspacePlan | None]) -> bool:
+    def _busy(self, queue: PlanQueue) -> bool:
         return bool(len(self.leases)) or not queue.empty()
 
     async def _seconds_until_due(self) -> float | None:
@@ -322,19 +325,15 @@ class Dispatcher:
             return None
         return max(0.0, (due - now).total_seconds())
 
-    async def _drain(self, queue: asyncio.Queue[WorkspacePlan | None], workers: list[Any]) -> None:
+    async def _drain(self, queue: PlanQueue, workers: list[Any]) -> None:
         """Let in-flight requests finish within the grace period; everything else goes back.
 
         Queued plans are released at once, and so are steps still waiting for the rate limiter
         or the breaker (their task is cancelled): they were never sent, so they are charged no
         attempt.
         """
-        while not queue.empty():
-            queued = queue.get_nowait()
-            if queued is not None:
-                self._release_plan(queued)
-        for _ in workers:
-            queue.put_nowait(None)
+        for workspace_plan in queue.close(len(workers)):
+            self._release_steps(workspace_plan.steps)
         proofs = list(self._proofs)
         for task in [*workers, *proofs]:
             if task not in self.steps.sending:
@@ -371,20 +370,16 @@ class Dispatcher:
         self._release_steps(tuple(planned.later))
         return planned.plans
 
-    def _prove(
-        self, plans: list[WorkspacePlan], queue: asyncio.Queue[WorkspacePlan | None]
-    ) -> None:
+    def _prove(self, plans: list[WorkspacePlan], queue: PlanQueue) -> None:
         """Read the plans' ambiguous status changes back in bulk, then queue what is left."""
 
         def deliver(before: WorkspacePlan, after: WorkspacePlan | None) -> None:
-            self._queued -= _size(before)
             if after is not None and self._halt.is_set():
-                self._release_plan(after)
+                self._release_steps(after.steps)
             elif after is not None:
-                self._queued += _size(after)
-                queue.put_nowait(after)
-            if self._queued < self.settings.batch_size:
-                self._hungry.set()
+                queue.expect(after)
+                queue.put(after)
+            queue.forget(before)
 
         task = asyncio.create_task(BulkProver(self.steps).run(plans, deliver, self._rejected))
         self._proofs.add(task)
@@ -394,75 +389,9 @@ class Dispatcher:
         self._token_rejected = exc
         self._halt.set()
 
-    async def _work(self, queue: asyncio.Queue[WorkspacePlan | None], halt: asyncio.Event) -> None:
-        while True:
-            workspace_plan = await queue.get()
-            if workspace_plan is None:
-                return
-            self._queued -= _size(workspace_plan)
-            if self._queued < self.settings.batch_size:
-                self._hungry.set()
-            if halt.is_set():
-                self._release_plan(workspace_plan)
-                continue
-            try:
-                await self._run_plan(workspace_plan, halt)
-            except SyncError as exc:
-                # A failed write (the database went away) must end the run, not leave this
-                # plan's leases held and extended for ever.
-                self.log.error("run.worker_failed", error=str(exc))
-                self._end_with(exc)
-                self._release_plan(workspace_plan)
-            except Exception as exc:
-                # No code path may leave a task dead and the run alive.
-                self.log.error("run.internal_error", error=one_line(exc), exc_info=True)
-                self._end_with(InternalError(one_line(exc)))
-                self._release_plan(workspace_plan)
-
-    async def _run_plan(self, workspace_plan: WorkspacePlan, halt: asyncio.Event) -> None:
-        for index, step in enumerate(workspace_plan.steps):
-            if halt.is_set():
-                self._release_steps(workspace_plan.steps[index:])
-                return
-            if not all(self.leases.holds(c.id, c.lease_token) for c in step.changes):
-                # Its lease was lost (the workspace is in other hands now), or this worker
-                # claimed the change again since (a new plan carries it): this one is stale.
-                self._release_steps(workspace_plan.steps[index:])
-                return
-            # Each worker task has a context of its own: what it binds needs no resetting.
-            bind_contextvars(
-                workspace_id=workspace_plan.workspace_id, change_id=step.changes[-1].id
-            )
-            try:
-                keep_going = await self.steps.run(step)
-            except TokenRejected as exc:
-                self._token_rejected = exc
-                halt.set()
-                self._release_steps(workspace_plan.steps[index:])
-                return
-            except StepAbandoned:
-                self._release_steps(workspace_plan.steps[index:])
-                return
-            except asyncio.CancelledError:
-                self.steps.interrupted(step)
-                raise
-            except SyncError:
-                raise  # the run's problem (the database, the shared budget), not the change's
-            except Exception as exc:
-                # Quarantine: something unexpected while handling this change ends the change,
-                # not the run.
-                self.steps.quarantine(step, exc)
-                keep_going = True
-            if not keep_going:
-                self._release_steps(workspace_plan.steps[index + 1 :])
-                return
-
     def _release_steps(self, steps: tuple[Step, ...]) -> None:
         """Hand unsent changes back to the queue untouched, at the next flush."""
         self._ledger.release_steps(steps)
-
-    def _release_plan(self, workspace_plan: WorkspacePlan) -> None:
-        self._ledger.release_steps(workspace_plan.steps)
 
     async def _release_held(self) -> None:
         await self._ledger.release_held(self.store, self.clock())
@@ -498,13 +427,6 @@ class Dispatcher:
     async def close(self) -> None:
         """Leave the worker registry (a failure is logged, never raised)."""
         await self.keeper.deregister()
-
-
-def _size(workspace_plan: WorkspacePlan) -> int:
-    steps = workspace_plan.steps
-    if len(steps) == 1:  # the usual plan
-        return len(steps[0].changes)
-    return sum(len(step.changes) for step in steps)
 
 
 def _logs_debug(log: Any) -> bool:
