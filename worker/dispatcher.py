@@ -2,9 +2,10 @@
 
 Workspaces run concurrently (up to ``concurrency`` senders, :mod:`worker.senders`); the steps
 of one workspace run in order. When a step must wait for a retry, the workspace's later steps
-are released untouched, so nothing overtakes it. Results and attempt records are buffered and written in batches; a lost
-buffer is harmless because the changes come back after their lease expires and are re-sent
-(a PUT is idempotent; a status change is read back before it is sent again).
+are released untouched, so nothing overtakes it. Results and attempt records are buffered and
+written in batches; a lost buffer is harmless because the changes come back after their lease
+expires and are re-sent (a PUT is idempotent; a status change is read back before it is sent
+again).
 """
 
 from __future__ import annotations
