@@ -208,7 +208,7 @@ class StepRunner:
         # that was frozen (or waited out a database outage) wakes past its deadline here.
         leases = [Lease(change.id, change.lease_token) for change in step.changes]
         book = self.ledger.book
-        if book.stale(leases, self.monotonic()) and not await self.confirm(leases):
+        if not await self.confirm(leases):
             lost = [
                 lease.change_id
                 for lease in leases
