@@ -26,14 +26,8 @@ from . import learning
 from .db import ride_out, transaction, translate_errors
 from .learning import Bounds, Learned
 from .models import sync_rate_limits
-from .ratelimit import (
-    HEADROOM,
-    RateState,
-    SharedRateLimiter,
-    SlotBlock,
-    after_throttled,
-    recovered,
-)
+from .ratelimit import HEADROOM, RateState, after_throttled, recovered
+from .sharedrate import SharedRateLimiter, SlotBlock
 
 r = sync_rate_limits.c
 
@@ -119,7 +113,7 @@ class SharedBudget:
         max_pause: float = 120.0,
         db_retry_seconds: float = 30.0,
     ) -> Any:
-        """A :class:`~worker.ratelimit.SlotSource` for one token's shared budget.
+        """A :class:`~worker.sharedrate.SlotSource` for one token's shared budget.
 
         A reservation rides out database blips for up to ``db_retry_seconds``; no pause
         longer than ``max_pause`` is ever stored or honoured.
@@ -143,7 +137,7 @@ class SharedBudget:
         max_pause: float = 120.0,
         db_retry_seconds: float = 30.0,
     ) -> Any:
-        """A :class:`~worker.ratelimit.SlotSource` whose rate is learned (``rate_limit = auto``)."""
+        """A :class:`~worker.sharedrate.SlotSource` that learns its rate (``rate_limit = auto``)."""
         key = token_key(token, endpoint_class)
 
         async def source(

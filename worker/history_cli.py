@@ -11,9 +11,10 @@ import click
 from . import render
 from .clitools import EXIT_INPUT, fail, run_async, settings_of
 from .coordination import Coordinator
+from .durations import parse_duration
 from .explain import why_not_sent
 from .queue_cli import DEAD_AFTER
-from .retention import Pruner, PruneReport, describe, parse_duration
+from .retention import Pruner, PruneReport, describe
 from .runtime import open_store
 
 

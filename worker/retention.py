@@ -17,14 +17,13 @@ Each step walks its table in ID windows (``started_at`` for runs) and deletes at
 file's single write lock, so the pruner pauses between transactions for as long as the last
 one held it: a worker or producer waiting for the lock gets it within one short transaction.
 On PostgreSQL a delete locks only the finished rows it removes, which no worker touches.
-``--dry-run`` counts with the same rules and deletes nothing. :func:`parse_duration` (pure)
-reads ``30d``, ``12h``, ``90m``.
+``--dry-run`` counts with the same rules and deletes nothing. ``--older-than`` is read by
+:func:`worker.durations.parse_duration`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import re
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
@@ -40,8 +39,6 @@ from .db import transaction, translate_errors
 from .logging import get_logger
 from .models import UTCDateTime, sync_attempts, sync_changes, sync_runs, sync_workers
 
-UNITS = {"s": 1, "m": 60, "h": 3_600, "d": 86_400, "w": 604_800}
-MAX_AGE = timedelta(days=36_500)
 BATCH = 1_000
 """Rows deleted per transaction at most."""
 TARGET_SECONDS = 0.05
@@ -54,39 +51,6 @@ LIVE_WORKER_SECONDS = 30.0
 """A run with no end whose worker heartbeated this recently is still going."""
 TERMINAL = sorted(str(state) for state in FINAL_STATES)
 SYNCHRONOUS_COMMIT_OFF = sa.text("SET LOCAL synchronous_commit TO off")
-_DURATION = re.compile(r"\s*(?P<number>[+-]?\d+(?:\.\d*)?)?\s*(?P<unit>[^\d\s.+-]*)\s*")
-
-
-def parse_duration(text: str) -> timedelta:
-    """Pure: ``30d``, ``12h``, ``90m``, ``45s`` or ``2w`` as a timedelta.
-
-    A whole number greater than zero and one unit; anything else is a :class:`ValueError`
-    whose message says what is wrong with it.
-    """
-    shown = repr(text.strip())
-    match = _DURATION.fullmatch(text)
-    if not text.strip():
-        raise ValueError("is empty; give a number and a unit, e.g. 30d")
-    if match is None:
-        raise ValueError(f"{shown} is not a duration; give a number and a unit, e.g. 30d")
-    number, unit = match["number"], match["unit"]
-    if number is None:
-        raise ValueError(f"{shown} has no number; give one before the unit, e.g. 30d")
-    if not unit:
-        raise ValueError(f"{shown} has no unit; use s, m, h, d or w, e.g. {number}d")
-    if unit not in UNITS:
-        raise ValueError(
-            f"{shown}: unknown unit {unit!r}; use s, m, h, d or w (months are not a fixed "
-            "length: say 30d)"
-        )
-    if not number.lstrip("+-").isdigit():
-        raise ValueError(f"{shown} is not a whole number of {unit}")
-    value = int(number)
-    if value <= 0:
-        raise ValueError(f"{shown} must be greater than zero")
-    if value * UNITS[unit] > MAX_AGE.total_seconds():
-        raise ValueError(f"{shown} is longer than {MAX_AGE.days} days")
-    return timedelta(seconds=value * UNITS[unit])
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,4 +1,4 @@
-"""The status page and the HTML report, drawn from values (:mod:`worker.statuspage`).
+"""The status page and the HTML report, drawn from values (:mod:`worker.statusdata`).
 
 Pure functions: values in, one self-contained HTML document out. Inline CSS and SVG charts
 (:mod:`worker.charts`), no script, no font, image or style from anywhere else; the listener
@@ -19,7 +19,7 @@ from typing import Any
 from .charts import Series, horizontal_bars, legend, meter, number, stacked_bars
 from .logging import REDACTED
 from .render import REPORT_COLUMNS
-from .statuspage import ReportSummary, StatusData, Throughput
+from .statusdata import ReportSummary, StatusData, Throughput
 
 STATE_COLORS = {
     "pending": "#4e79a7",

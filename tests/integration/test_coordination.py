@@ -13,7 +13,7 @@ from worker import db as dbmod
 from worker.budget import token_key
 from worker.changes import Kind, NewChange
 from worker.coordination import Coordinator
-from worker.ratelimit import SharedRateLimiter
+from worker.sharedrate import SharedRateLimiter
 from worker.store import Store
 
 NOW = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)

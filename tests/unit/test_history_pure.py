@@ -8,9 +8,10 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from worker.changes import Kind, NewChange
+from worker.durations import parse_duration
 from worker.queries import MAX_REASON, note_line
 from worker.render import enqueue_line, json_row, payload_value
-from worker.retention import _percentile, change_ids, parse_duration
+from worker.retention import _percentile, change_ids
 from worker.supersede import Holder, plan_supersede
 from worker.validation import parse_line
 

@@ -7,7 +7,7 @@ import itertools
 
 import pytest
 
-from worker.ratelimit import SharedRateLimiter, SlotBlock
+from worker.sharedrate import SharedRateLimiter, SlotBlock
 
 
 class FakeClock:

@@ -11,16 +11,7 @@ import pytest
 from tests.pagescan import Element, parse
 from worker.charts import Series, horizontal_bars, meter, nice_ceiling, number, stacked_bars
 from worker.coordination import WorkerInfo
-from worker.statushtml import (
-    REDACTED,
-    age,
-    masker,
-    render_error_page,
-    render_report_html,
-    render_status_page,
-    round_ticks,
-)
-from worker.statuspage import (
+from worker.statusdata import (
     FINAL_STATES,
     Budget,
     Failure,
@@ -29,6 +20,15 @@ from worker.statuspage import (
     Throughput,
     budgets_from,
     fold_buckets,
+)
+from worker.statushtml import (
+    REDACTED,
+    age,
+    masker,
+    render_error_page,
+    render_report_html,
+    render_status_page,
+    round_ticks,
 )
 
 NOW = datetime(2026, 12, 4, 10, 30, 15, tzinfo=UTC)
