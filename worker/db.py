@@ -197,10 +197,16 @@ async def translate_errors(doing: str) -> AsyncIterator[None]:
     try:
         yield
     except SQLAlchemyError as exc:
-        detail = str(getattr(exc, "orig", None) or exc).splitlines()[0][:300]
-        raise DatabaseError(f"{doing}: {detail}") from exc
+        raise DatabaseError(f"{doing}: {describe(getattr(exc, 'orig', None) or exc)}") from exc
     except OSError as exc:
-        raise DatabaseError(f"{doing}: {exc.strerror or exc}") from exc
+        raise DatabaseError(f"{doing}: {exc.strerror or describe(exc)}") from exc
+
+
+def describe(exc: BaseException) -> str:
+    """The first line of an error's text, at most 300 characters; its class where it has none
+    (a driver's ``TimeoutError()`` says nothing by itself)."""
+    lines = str(exc).strip().splitlines()
+    return lines[0][:300] if lines else type(exc).__name__
 
 
 async def ride_out(
