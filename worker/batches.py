@@ -114,16 +114,17 @@ class BatchStatements:
 
     def __init__(self, dialect: str) -> None:
         self.dialect = dialect
-        self._timestamp = sqlite_timestamp if dialect == "sqlite" else postgres_timestamp
+        sqlite = dialect == "sqlite"
+        self._timestamp = sqlite_timestamp if sqlite else postgres_timestamp
         now = sa.bindparam("now", type_=UTCDateTime)
         results = self._rows(RESULT_FIELDS)
         in_flight: sa.ColumnElement[bool] = c.state == State.IN_FLIGHT
-        if dialect == "sqlite":
+        if sqlite:
             # ``state || ''`` keeps SQLite off the state index, so that it walks the batch and
             # finds each row by its ID instead of probing the batch for every in-flight row.
             in_flight = c.state.concat("") == State.IN_FLIGHT
         fenced = (c.id == results.c.id, c.lease_token == results.c.token, in_flight)
-        self.writable = packed(sa.select(c.id).where(*fenced))
+        self.writable = packed(sa.select(c.id).where(*fenced)) if sqlite else None
         """SQLite: the IDs the write-back will write, asked before it in the same transaction
         (which holds the write lock), so that the update need not return a row per change."""
         write_back = (
@@ -146,7 +147,6 @@ class BatchStatements:
                 completed_at=results.c.completed_at,
             )
         )
-        sqlite = dialect == "sqlite"
         self.write_back = write_back if sqlite else write_back.returning(c.id)
         leases = self._rows(LEASE_FIELDS)
         self.release = (

@@ -11,7 +11,6 @@ again).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import random
 import time
@@ -55,6 +54,7 @@ from .ratelimit import Limiter, RateLimiter
 from .senders import PlanQueue, Sender
 from .steps import StepRunner
 from .store import Store
+from .waiting import wait_any
 from .writeback import FLUSH_INTERVAL, WriteBuffer
 
 T = TypeVar("T")
@@ -255,7 +255,7 @@ class Dispatcher:
                 # never wait for a claim; they say when the queue runs low.
                 if queue.full:
                     queue.hungry.clear()
-                    await _wait_any(stop, halt, queue.hungry, seconds=1.0)
+                    await wait_any(stop, halt, queue.hungry, seconds=1.0)
                     continue
                 claimed = await self._ride(self._claim)
                 if claimed:
@@ -271,14 +271,14 @@ class Dispatcher:
                     # Nothing claimable yet: the workspaces in hand free their next changes
                     # when their results are written back, at the next flush.
                     self._buffer.flushed.clear()
-                    await _wait_any(stop, halt, self._buffer.flushed, seconds=FLUSH_INTERVAL)
+                    await wait_any(stop, halt, self._buffer.flushed, seconds=FLUSH_INTERVAL)
                     continue
                 await self._ride(self.flush)
                 wait = await self._ride(self._seconds_until_due)
                 if wait is None:
                     break
                 # An empty claim never spins: wait a little even when something looks due.
-                await _wait_any(stop, halt, seconds=min(max(wait, MIN_IDLE_WAIT), 1.0))
+                await wait_any(stop, halt, seconds=min(max(wait, MIN_IDLE_WAIT), 1.0))
             if self._fatal is not None:
                 ended_because = RunEnding.ERROR
             elif self._token_rejected is not None:
@@ -433,14 +433,3 @@ class Dispatcher:
 def _logs_debug(log: Any) -> bool:
     enabled = getattr(log, "is_enabled_for", None)
     return bool(enabled(logging.DEBUG)) if callable(enabled) else True
-
-
-async def _wait_any(*events: asyncio.Event, seconds: float) -> None:
-    waiters = [asyncio.create_task(event.wait()) for event in events]
-    try:
-        await asyncio.wait(waiters, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for waiter in waiters:
-            waiter.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await asyncio.gather(*waiters, return_exceptions=True)

@@ -234,7 +234,7 @@ class Store(OutboxQueries):
             await conn.execute(self._lock_rows, {"ids": ids})
         if results:
             params = {"batch": batch.results(results, now), "now": now}
-            if self.dialect == "sqlite":
+            if batch.writable is not None:
                 found = (await conn.execute(batch.writable, params)).scalar()
                 written.update(change_id for (change_id,) in unpack(found))
                 await conn.execute(batch.write_back, params)

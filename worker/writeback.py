@@ -17,7 +17,6 @@ batch back.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import math
 import time
 from collections.abc import Callable
@@ -27,6 +26,7 @@ from .changes import AttemptRecord, Lease, Result
 from .exceptions import DatabaseError
 from .logging import get_logger
 from .store import Store
+from .waiting import wait_any
 
 log = get_logger()
 
@@ -121,10 +121,12 @@ class WriteBuffer:
         failing_since = 0.0
         while not done.is_set():
             if failures:
-                await _sleep_unless(done, min(MAX_RETRY_DELAY, interval * 2**failures))
+                await wait_any(done, seconds=min(MAX_RETRY_DELAY, interval * 2**failures))
             else:
-                await _either(done, self._filled)
-                await _sleep_unless(done, self._flushed_at + interval - time.monotonic())
+                await wait_any(done, self._filled)
+                spacing = self._flushed_at + interval - time.monotonic()
+                if spacing > 0:
+                    await wait_any(done, seconds=spacing)
             self._filled.clear()
             if not self:
                 continue
@@ -140,24 +142,3 @@ class WriteBuffer:
                     return
                 continue
             failures = 0
-
-
-async def _either(first: asyncio.Event, second: asyncio.Event) -> None:
-    """Wait until either event is set."""
-    if first.is_set() or second.is_set():
-        return
-    waiters = [asyncio.ensure_future(first.wait()), asyncio.ensure_future(second.wait())]
-    try:
-        await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for waiter in waiters:
-            waiter.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await asyncio.gather(*waiters, return_exceptions=True)
-
-
-async def _sleep_unless(done: asyncio.Event, seconds: float) -> None:
-    """Sleep ``seconds`` (none when not positive), or until ``done`` is set."""
-    if seconds > 0 and not done.is_set():
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(done.wait(), timeout=seconds)
