@@ -33,6 +33,7 @@ class ClaimStatements:
         due = sa.or_(c.next_attempt_at.is_(None), c.next_attempt_at <= now)
         postgres = dialect == "postgresql"
         self.serialise = sa.select(sa.func.pg_advisory_xact_lock(CLAIM_LOCK_KEY))
+        self.end_stalled = _end_stalled()
         self.reclaim = self._reclaim(c.lease_expires_at < now, postgres)
         dead = sa.select(sync_workers.c.name).where(
             sync_workers.c.heartbeat_at < sa.bindparam("dead", type_=UTCDateTime)
@@ -127,6 +128,38 @@ class ClaimStatements:
                 updated_at=sa.bindparam("now", type_=UTCDateTime),
             )
         )
+
+
+def _end_stalled() -> sa.Select[Any]:
+    """PostgreSQL: end the sessions of other workers whose transaction has lasted longer than
+    a lease (``stuck_after``), and name them.
+
+    The server ends a frozen worker's transaction by itself when it sits ``idle in
+    transaction``. A worker frozen part-way through the protocol (a statement sent without its
+    closing Sync, a message half written) leaves its session ``active`` and waiting for the
+    client, which neither that timeout nor ``statement_timeout`` ends: its row locks and the
+    claim lock would stay until it thawed. No worker transaction lasts a lease legitimately,
+    and whatever such a worker writes back later is fenced by its leases anyway.
+    """
+    activity = sa.table(
+        "pg_stat_activity",
+        sa.column("pid", sa.Integer),
+        sa.column("application_name", sa.Text),
+        sa.column("datname", sa.Text),
+        sa.column("usename", sa.Text),
+        sa.column("xact_start", sa.DateTime(timezone=True)),
+    )
+    a = activity.c
+    return sa.select(
+        a.pid, a.application_name, sa.func.pg_terminate_backend(a.pid).label("ended")
+    ).where(
+        a.application_name.startswith(sa.bindparam("prefix", type_=sa.Text)),  # no wildcard in it
+        a.pid != sa.func.pg_backend_pid(),
+        a.datname == sa.func.current_database(),
+        # Only our own role's sessions: a role may always end those, and only those.
+        a.usename == sa.func.current_user(),
+        a.xact_start < sa.func.clock_timestamp() - sa.bindparam("stuck_after", type_=sa.Interval),
+    )
 
 
 def _packed_ids(select: sa.Select[Any]) -> sa.Select[Any]:

@@ -37,6 +37,8 @@ WORKER_SESSION_SETTINGS = {
     "idle_in_transaction_session_timeout": "5000",
 }
 """PostgreSQL settings of every session a worker opens (``db upgrade`` keeps the defaults)."""
+WORKER_APPLICATION_PREFIX = "kantata-sync/"
+"""How a worker's PostgreSQL sessions are named in ``pg_stat_activity`` (then its name)."""
 
 
 def create_engine(

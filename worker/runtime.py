@@ -88,7 +88,9 @@ async def open_store(
         _require_sqlite_file(settings.database_url)
     engine = dbmod.create_engine(
         settings.database_url,
-        application_name=f"kantata-sync/{settings.worker_name}" if worker else None,
+        application_name=(
+            f"{dbmod.WORKER_APPLICATION_PREFIX}{settings.worker_name}" if worker else None
+        ),
         worker=worker,
     )
     try:

@@ -33,12 +33,14 @@ from .claims import (
     next_in_line,
     whole_prefixes,
 )
-from .db import FileWatch, transaction, translate_errors
+from .db import WORKER_APPLICATION_PREFIX, FileWatch, transaction, translate_errors
 from .exceptions import DatabaseGone
+from .logging import get_logger
 from .models import sync_changes, sync_runs
 from .queries import OutboxQueries, as_datetime
 
 c = sync_changes.c
+log = get_logger()
 
 
 class Store(OutboxQueries):
@@ -134,6 +136,7 @@ class Store(OutboxQueries):
         claims = self._claims
         async with transaction(self.engine, "claiming changes") as conn:
             if self.dialect == "postgresql":
+                await self._end_stalled(conn, timedelta(seconds=lease_seconds))
                 await conn.execute(claims.serialise)
             await self.reclaim_expired(conn, now, dead_after)
             found = await self._rows(conn, claims.first, {"now": now, "limit": limit})
@@ -161,6 +164,13 @@ class Store(OutboxQueries):
             rows = [ClaimedRow(*row) for row in taken]
         rows.sort(key=lambda row: row.id)
         return rows
+
+    async def _end_stalled(self, conn: AsyncConnection, stuck_after: timedelta) -> None:
+        """End other workers' sessions stuck in a transaction longer than a lease (see
+        :func:`~worker.claims._end_stalled`), before waiting for the claim lock they may hold."""
+        params = {"prefix": WORKER_APPLICATION_PREFIX, "stuck_after": stuck_after}
+        for pid, name, ended in await conn.execute(self._claims.end_stalled, params):
+            log.warning("claim.ended_stalled_session", pid=pid, session=name, ended=ended)
 
     async def _rows(
         self, conn: AsyncConnection, statement: Any, params: dict[str, Any]
