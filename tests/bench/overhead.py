@@ -25,7 +25,7 @@ from pathlib import Path
 
 from databases import Row, database
 from fastserver import FastServer, fast_server
-from processes import base_env, run_worker, startup_cpu, worker_env
+from processes import LIBRARIES, base_env, import_floor_cpu, run_worker, startup_cpu, worker_env
 from reporting import BenchError, Context, Finding, Outcome, Table, fmt_pct, fmt_rate, log, median
 from workloads import bare_loop, one_change_rows
 
@@ -59,6 +59,7 @@ def measure(ctx: Context) -> Outcome:
         for backend in ctx.backends():
             with database(backend, ctx.tmp) as empty:
                 fixed = startup_cpu(empty.url, fs.url, ctx.tmp)
+            imports = import_floor_cpu(backend)
             ratios, worker_rates, wall_rates, bare_rates, worker_cpu, bare_cpu = (
                 [],
                 [],
@@ -103,6 +104,7 @@ def measure(ctx: Context) -> Outcome:
             own = median(own_cost(backend, ctx.tmp, rows) for _ in range(pairs))
             ratio, cpu_us = median(ratios), median(worker_cpu)
             ceiling = median(bare_cpu) / (median(bare_cpu) + own)
+            floor_us = median(bare_cpu) + imports / n * 1e6
             detail.add(
                 backend,
                 "median",
@@ -125,6 +127,12 @@ def measure(ctx: Context) -> Outcome:
                 f"({fixed / n * 1e6:.0f} µs per change of this workload), included in the "
                 "worker's CPU per change"
             )
+            detail.notes.append(
+                f"{backend}: the CPU per change no worker of this design can go below on this "
+                f"machine is {floor_us:.0f} µs: a bare request ({median(bare_cpu):.0f} µs) plus "
+                f"importing only `{LIBRARIES[backend].removeprefix('import ')}` "
+                f"({imports:.2f} s, {imports / n * 1e6:.0f} µs per change)"
+            )
             outcome.findings.append(
                 Finding(
                     f"1. Overhead vs fast server, {backend}: worker / bare loop changes/s",
@@ -141,6 +149,8 @@ def measure(ctx: Context) -> Outcome:
                         "worker_cpu_us_per_change": round(cpu_us, 1),
                         "bare_cpu_us_per_request": round(median(bare_cpu), 1),
                         "startup_cpu_s": round(fixed, 3),
+                        "import_floor_cpu_s": round(imports, 3),
+                        "cpu_floor_us_per_change": round(floor_us, 1),
                         "own_cpu_us_per_change": round(own, 1),
                         "ratio_ceiling": round(ceiling, 4),
                         "pairs": pairs,
@@ -152,7 +162,7 @@ def measure(ctx: Context) -> Outcome:
                     f"1. Overhead vs fast server, {backend}: worker CPU per change, start-up "
                     "included",
                     f"{cpu_us:.0f} µs (start-up {fixed / n * 1e6:.0f} µs of it; bare loop "
-                    f"{median(bare_cpu):.0f} µs/request)",
+                    f"{median(bare_cpu):.0f} µs/request; floor {floor_us:.0f} µs)",
                     f"<= {TARGET_CPU_US:.0f} µs",
                     cpu_us <= TARGET_CPU_US,
                 )

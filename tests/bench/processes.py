@@ -269,6 +269,30 @@ def run_workers(
     return results
 
 
+LIBRARIES = {
+    "sqlite": "import aiohttp, sqlalchemy.ext.asyncio, aiosqlite",
+    "postgresql": "import aiohttp, sqlalchemy.ext.asyncio, asyncpg",
+}
+"""What any worker of this design imports before it does anything: its HTTP client, its SQL
+toolkit's asyncio extension and the backend's driver."""
+
+
+def import_floor_cpu(backend: str, runs: int = 3) -> float:
+    """CPU seconds (median of ``runs`` children) of an interpreter that only imports
+    :data:`LIBRARIES` for ``backend``: a floor under any worker's start-up, kantata-sync's own
+    modules and settings aside."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    times = []
+    for _ in range(runs):
+        child = subprocess.Popen([sys.executable, "-c", LIBRARIES[backend]], env=env)
+        _pid, status, usage = os.wait4(child.pid, 0)
+        child.returncode = os.waitstatus_to_exitcode(status)
+        if child.returncode:
+            raise BenchError(f"importing the libraries exited {child.returncode}")
+        times.append(usage.ru_utime + usage.ru_stime)
+    return median(times)
+
+
 def startup_cpu(db_url: str, api_url: str, tmp: Path, runs: int = 3) -> float:
     """CPU seconds of a ``run`` with nothing to do: interpreter start, imports, schema check."""
     return median(run_worker(worker_env(db_url, api_url), tmp).cpu for _ in range(runs))
