@@ -74,6 +74,11 @@ class Coordinator(SharedBudget):
         live = [w for w in rows if w.heartbeat_at >= cutoff]
         return live, len(rows) - len(live)
 
+    @property
+    def announces_inserts(self) -> bool:
+        """Whether :meth:`notifications` is set by producers' inserts alone (PostgreSQL)."""
+        return self.dialect == "postgresql"
+
     @contextlib.asynccontextmanager
     async def notifications(self) -> AsyncIterator[asyncio.Event | None]:
         """An event set soon after changes are inserted; None where that cannot be known.

@@ -61,6 +61,8 @@ T = TypeVar("T")
 
 HEARTBEAT_SECONDS = 5.0
 MIN_IDLE_WAIT = 0.1
+NEWS_SPACING = 0.02
+"""Seconds at least between claims that announced inserts start, while a run has work in hand."""
 DEAD_AFTER_BEATS = 6
 VALIDATE_CHUNK = 50
 
@@ -112,6 +114,13 @@ class Dispatcher:
         """The clock of lease deadlines (see :mod:`worker.leases`)."""
         self.log = get_logger()
         self.on_progress: Callable[[int], None] | None = None
+        self.news: asyncio.Event | None = None
+        """Set when producers insert (PostgreSQL's NOTIFY, wired by ``serve``): a run with
+        workspaces in hand claims at once instead of at its next flush. Not SQLite's
+        ``data_version``, which also moves with the worker's own commits."""
+        self.recheck_in_hand = FLUSH_INTERVAL
+        """Seconds at most that a run with workspaces in hand waits before it claims again."""
+        self._claimed_at = float("-inf")
         self._buffer = WriteBuffer(store, clock, self._lost)
         self.leases = LeaseBook(
             LeaseTerms(settings.lease_seconds, self.dead_after if coordinator else None)
@@ -224,6 +233,23 @@ class Dispatcher:
             operation, within=self.settings.db_retry_seconds, on_retry=self._db_retrying
         )
 
+    async def _wait_in_hand(self, stop: asyncio.Event, halt: asyncio.Event) -> None:
+        """Nothing claimable yet, workspaces in hand: wait for the next flush (it frees their
+        next changes), or for announced inserts, but claim no sooner than NEWS_SPACING after
+        the last claim started."""
+        self._buffer.flushed.clear()
+        if self.news is None:
+            await wait_any(stop, halt, self._buffer.flushed, seconds=self.recheck_in_hand)
+            return
+        started = self.monotonic()
+        early = self._claimed_at + NEWS_SPACING - started
+        if early > 0:
+            await wait_any(stop, halt, self._buffer.flushed, seconds=early)
+            if stop.is_set() or halt.is_set() or self._buffer.flushed.is_set():
+                return
+        left = self.recheck_in_hand - (self.monotonic() - started)
+        await wait_any(stop, halt, self._buffer.flushed, self.news, seconds=max(left, 0.0))
+
     def _db_retrying(self, exc: DatabaseError, failures: int) -> None:
         if failures == 1:
             self.log.warning("db.retrying", error=str(exc), within_s=self.settings.db_retry_seconds)
@@ -257,6 +283,9 @@ class Dispatcher:
                     queue.hungry.clear()
                     await wait_any(stop, halt, queue.hungry, seconds=1.0)
                     continue
+                if self.news is not None:
+                    self.news.clear()  # what is inserted from now on wakes the next wait
+                self._claimed_at = self.monotonic()
                 claimed = await self._ride(self._claim)
                 if claimed:
                     ready, proving = split_for_proof(claimed)
@@ -268,10 +297,7 @@ class Dispatcher:
                         self._prove(proving, queue)
                     continue
                 if self._busy(queue):
-                    # Nothing claimable yet: the workspaces in hand free their next changes
-                    # when their results are written back, at the next flush.
-                    self._buffer.flushed.clear()
-                    await wait_any(stop, halt, self._buffer.flushed, seconds=FLUSH_INTERVAL)
+                    await self._wait_in_hand(stop, halt)
                     continue
                 await self._ride(self.flush)
                 wait = await self._ride(self._seconds_until_due)

@@ -291,6 +291,8 @@ async def _serve(
             worker.coordinator.notifications() as wake,  # None unless PostgreSQL
         ):
             daemon = Daemon(worker.dispatcher, options, notifier=notifier, wake=wake)
+            if worker.coordinator.announces_inserts:
+                worker.dispatcher.news = wake  # a run in progress claims announced inserts
             daemon.install_signal_handlers()
             return await daemon.run(
                 on_listening=(

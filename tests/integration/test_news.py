@@ -1,0 +1,112 @@
+"""A run with work in hand claims a producer's insert when PostgreSQL announces it (NOTIFY),
+not at its next flush; real PostgreSQL, a real sandbox whose answers take 2 s."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+
+from tests.conftest import migrated_store
+from tests.integration.pipeline_helpers import dispatcher_for, insert_raw
+from worker.coordination import Coordinator
+from worker.dispatcher import NEWS_SPACING
+from worker.models import sync_changes
+from worker.sandbox.faults import FaultConfig
+from worker.store import Store
+
+from .conftest import SandboxFactory
+
+pytestmark = pytest.mark.postgres
+
+LATENCY_MS = 2000
+
+
+async def _until(check: Callable[[], bool | Awaitable[bool]], within: float = 20.0) -> None:
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        result = check()
+        if result if isinstance(result, bool) else await result:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("condition not met in time")
+
+
+async def _state(store: Store, change_id: int) -> str:
+    async with store.engine.connect() as conn:
+        query = sa.select(sync_changes.c.state).where(sync_changes.c.id == change_id)
+        return str((await conn.execute(query)).scalar_one())
+
+
+@pytest.mark.parametrize("announced", [True, False], ids=["announced", "not-announced"])
+async def test_an_insert_announced_during_a_run_is_sent_while_the_first_is_still_in_flight(
+    pg_database_url: str, sandbox_factory: SandboxFactory, announced: bool
+) -> None:
+    async with (
+        migrated_store(pg_database_url) as pg_store,
+        sandbox_factory(faults=FaultConfig(latency_ms=LATENCY_MS)) as sandbox,
+        Coordinator(pg_store.engine).notifications() as news,
+        dispatcher_for(pg_store, sandbox, request_timeout=10.0) as dispatcher,
+    ):
+        assert news is not None
+        # Without an announcement the run looks again only when a flush frees what it holds.
+        dispatcher.recheck_in_hand = 600.0
+        dispatcher.news = news if announced else None
+        first = await insert_raw(pg_store, 4, "workspace_update", '{"title": "first"}')
+        run = asyncio.create_task(dispatcher.run())
+        try:
+            await _until(lambda: len(sandbox.state.requests) == 1)
+            second = await insert_raw(pg_store, 5, "workspace_update", '{"title": "second"}')
+            await _until(lambda: len(sandbox.state.requests) == 2)
+            first_state_when_second_sent = await _state(pg_store, first)
+            report = await asyncio.wait_for(run, 30)
+        finally:
+            run.cancel()
+    assert [r.target for r in sandbox.state.requests] == ["/workspaces/4", "/workspaces/5"]
+    assert report.stats.succeeded == 2
+    assert await _state(pg_store, second) == "succeeded"
+    # Announced: the second went out during the first's 2 s on the wire. Not announced: only
+    # once the first's result was written back.
+    assert first_state_when_second_sent == ("in_flight" if announced else "succeeded")
+
+
+class CountingStore(Store):
+    """The real store, counting claims."""
+
+    claims = 0
+
+    async def claim(self, *args: Any, **kwargs: Any) -> Any:
+        self.claims += 1
+        return await super().claim(*args, **kwargs)
+
+
+async def test_a_storm_of_announcements_claims_at_most_once_per_news_spacing(
+    pg_database_url: str, sandbox_factory: SandboxFactory
+) -> None:
+    async with (
+        migrated_store(pg_database_url) as migrated,
+        sandbox_factory(faults=FaultConfig(latency_ms=LATENCY_MS)) as sandbox,
+    ):
+        store = CountingStore(migrated.engine)
+        async with dispatcher_for(store, sandbox, request_timeout=10.0) as dispatcher:
+            dispatcher.recheck_in_hand = 600.0
+            news = dispatcher.news = asyncio.Event()
+            await insert_raw(store, 4, "workspace_update", '{"title": "held"}')
+            run = asyncio.create_task(dispatcher.run())
+            try:
+                await _until(lambda: len(sandbox.state.requests) == 1)
+                before, started = store.claims, time.monotonic()
+                while time.monotonic() - started < 1.0:  # an announcement every millisecond
+                    news.set()
+                    await asyncio.sleep(0.001)
+                storm_claims, storm_s = store.claims - before, time.monotonic() - started
+                report = await asyncio.wait_for(run, 30)
+            finally:
+                run.cancel()
+    assert report.stats.succeeded == 1
+    # Every one of them found nothing new; without the spacing there would be one per turn.
+    assert 1 <= storm_claims <= storm_s / NEWS_SPACING + 2
