@@ -22,7 +22,7 @@ import sqlalchemy as sa
 
 from .budget import SharedBudget
 from .db import sqlite_path, transaction, translate_errors
-from .models import sync_workers
+from .models import sync_changes, sync_workers
 
 NOTIFY_CHANNEL = "kantata_sync_changes"
 DATA_VERSION_POLL = 0.05
@@ -74,22 +74,20 @@ class Coordinator(SharedBudget):
         live = [w for w in rows if w.heartbeat_at >= cutoff]
         return live, len(rows) - len(live)
 
-    @property
-    def announces_inserts(self) -> bool:
-        """Whether :meth:`notifications` is set by producers' inserts alone (PostgreSQL)."""
-        return self.dialect == "postgresql"
-
     @contextlib.asynccontextmanager
-    async def notifications(self) -> AsyncIterator[asyncio.Event | None]:
-        """An event set soon after changes are inserted; None where that cannot be known.
+    async def notifications(
+        self, inserts: asyncio.Event | None = None
+    ) -> AsyncIterator[asyncio.Event | None]:
+        """An event set soon after the outbox changes; None where that cannot be known.
 
         PostgreSQL: a trigger NOTIFYs on every insert. SQLite: ``PRAGMA data_version`` on a
         connection of its own, read every :data:`DATA_VERSION_POLL` seconds, moves whenever
         another connection commits (a producer's insert, or this worker's own writes); reading
-        it touches no lock and costs microseconds.
+        it touches no lock and costs microseconds. ``inserts``, when given, is set only for
+        new changes: every NOTIFY, or on SQLite a larger ``max(id)`` after a move.
         """
         if self.dialect == "sqlite" and sqlite_path(self.engine.url) is not None:
-            async with self._data_version_watch() as event:
+            async with self._data_version_watch(inserts) as event:
                 yield event
             return
         if self.dialect != "postgresql":
@@ -99,6 +97,8 @@ class Coordinator(SharedBudget):
 
         def _on_notify(*_args: object) -> None:
             event.set()
+            if inserts is not None:
+                inserts.set()
 
         async with translate_errors("listening for new changes"), self.engine.connect() as conn:
             raw = await conn.get_raw_connection()
@@ -111,31 +111,45 @@ class Coordinator(SharedBudget):
                     await driver.remove_listener(NOTIFY_CHANNEL, _on_notify)
 
     @contextlib.asynccontextmanager
-    async def _data_version_watch(self) -> AsyncIterator[asyncio.Event]:
+    async def _data_version_watch(
+        self, inserts: asyncio.Event | None
+    ) -> AsyncIterator[asyncio.Event]:
         event = asyncio.Event()
         async with translate_errors("watching for new changes"), self.engine.connect() as conn:
             raw = await conn.get_raw_connection()
-            driver: Any = raw.driver_connection  # autocommit: the pragma opens no transaction
+            driver: Any = raw.driver_connection  # autocommit: a read opens no transaction
 
-            async def version() -> object:
-                cursor = await driver.execute("PRAGMA data_version")
+            async def one(sql: str) -> object:
+                cursor = await driver.execute(sql)
                 row = await cursor.fetchone()
                 await cursor.close()
                 return row[0] if row else None
 
-            async def watch() -> None:
-                seen = await version()
+            newest_change = str(
+                sa.select(sa.func.max(sync_changes.c.id)).compile(dialect=self.engine.dialect)
+            )
+
+            async def newest() -> object:
+                return None if inserts is None else await one(newest_change)
+
+            async def watch(seen: object, last_id: object) -> None:
                 while True:
                     await asyncio.sleep(DATA_VERSION_POLL)
                     try:
-                        current = await version()
-                    except Exception:
-                        current = seen  # unreadable now: the daemon's polls report the database
-                    if current != seen:
+                        current = await one("PRAGMA data_version")
+                        if current == seen:
+                            continue
                         seen = current
                         event.set()
+                        newest_id = await newest()
+                    except Exception:  # noqa: S112 - the daemon's polls report the database
+                        continue
+                    if inserts is not None and newest_id != last_id:
+                        last_id = newest_id
+                        inserts.set()
 
-            task = asyncio.create_task(watch())
+            # Read before anything is yielded: what commits from then on is seen.
+            task = asyncio.create_task(watch(await one("PRAGMA data_version"), await newest()))
             try:
                 yield event
             finally:

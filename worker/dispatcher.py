@@ -115,9 +115,9 @@ class Dispatcher:
         self.log = get_logger()
         self.on_progress: Callable[[int], None] | None = None
         self.news: asyncio.Event | None = None
-        """Set when producers insert (PostgreSQL's NOTIFY, wired by ``serve``): a run with
-        workspaces in hand claims at once instead of at its next flush. Not SQLite's
-        ``data_version``, which also moves with the worker's own commits."""
+        """Set when producers insert (wired by ``serve``, see
+        :meth:`~worker.coordination.Coordinator.notifications`): a run with workspaces in hand
+        then claims at once instead of at its next flush."""
         self.recheck_in_hand = FLUSH_INTERVAL
         """Seconds at most that a run with workspaces in hand waits before it claims again."""
         self._claimed_at = float("-inf")

@@ -285,14 +285,15 @@ async def _serve(
     from .sdnotify import Notifier
 
     notifier = Notifier(notify_socket)
+    news = asyncio.Event()
     try:
         async with (
             assemble(settings) as worker,
-            worker.coordinator.notifications() as wake,  # None unless PostgreSQL
+            worker.coordinator.notifications(inserts=news) as wake,
         ):
             daemon = Daemon(worker.dispatcher, options, notifier=notifier, wake=wake)
-            if worker.coordinator.announces_inserts:
-                worker.dispatcher.news = wake  # a run in progress claims announced inserts
+            if wake is not None:
+                worker.dispatcher.news = news  # a run in progress claims new changes at once
             daemon.install_signal_handlers()
             return await daemon.run(
                 on_listening=(

@@ -148,3 +148,41 @@ async def test_on_sqlite_an_insert_by_another_connection_sets_the_event(
         finally:
             producer.close()
         await asyncio.wait_for(wake.wait(), timeout=2)
+
+
+async def test_on_sqlite_only_a_new_change_sets_the_inserts_event(sqlite_store: Store) -> None:
+    inserts = asyncio.Event()
+    async with Coordinator(sqlite_store.engine).notifications(inserts=inserts) as wake:
+        assert wake is not None
+        other = sqlite3.connect(str(sqlite_store.engine.url.database), timeout=5)
+        try:
+            with other:  # a commit that inserts no change: the worker registry's heartbeat
+                other.execute(
+                    "INSERT INTO sync_workers (name, host, pid, command, started_at, heartbeat_at)"
+                    " VALUES ('w', 'h', 1, 'serve', '2026-12-07', '2026-12-07')"
+                )
+            await asyncio.wait_for(wake.wait(), timeout=2)
+            await asyncio.sleep(0.2)  # a few more looks at the file
+            assert not inserts.is_set()
+            with other:
+                other.execute(
+                    "INSERT INTO sync_changes (workspace_id, kind, payload) "
+                    "VALUES (3, 'status_change', '{\"to_status_key\": 310}')"
+                )
+            await asyncio.wait_for(inserts.wait(), timeout=2)
+        finally:
+            other.close()
+
+
+async def test_postgres_sets_the_inserts_event_with_each_notify(pg_database_url: str) -> None:
+    engine = dbmod.create_engine(pg_database_url)
+    inserts = asyncio.Event()
+    try:
+        await dbmod.upgrade(engine)
+        async with Coordinator(engine).notifications(inserts=inserts) as wake:
+            assert wake is not None
+            await Store(engine).enqueue([update(1)])
+            await asyncio.wait_for(inserts.wait(), timeout=5)
+            assert wake.is_set()
+    finally:
+        await engine.dispose()

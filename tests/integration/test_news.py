@@ -1,5 +1,6 @@
-"""A run with work in hand claims a producer's insert when PostgreSQL announces it (NOTIFY),
-not at its next flush; real PostgreSQL, a real sandbox whose answers take 2 s."""
+"""A run with work in hand claims a producer's insert as soon as it is announced (PostgreSQL's
+NOTIFY, SQLite's data_version and a larger max(id)), not at its next flush: real databases, a
+real sandbox whose answers take 2 s."""
 
 from __future__ import annotations
 
@@ -20,8 +21,6 @@ from worker.sandbox.faults import FaultConfig
 from worker.store import Store
 
 from .conftest import SandboxFactory
-
-pytestmark = pytest.mark.postgres
 
 LATENCY_MS = 2000
 
@@ -44,31 +43,31 @@ async def _state(store: Store, change_id: int) -> str:
 
 @pytest.mark.parametrize("announced", [True, False], ids=["announced", "not-announced"])
 async def test_an_insert_announced_during_a_run_is_sent_while_the_first_is_still_in_flight(
-    pg_database_url: str, sandbox_factory: SandboxFactory, announced: bool
+    store: Store, sandbox_factory: SandboxFactory, announced: bool
 ) -> None:
+    news = asyncio.Event()
     async with (
-        migrated_store(pg_database_url) as pg_store,
         sandbox_factory(faults=FaultConfig(latency_ms=LATENCY_MS)) as sandbox,
-        Coordinator(pg_store.engine).notifications() as news,
-        dispatcher_for(pg_store, sandbox, request_timeout=10.0) as dispatcher,
+        Coordinator(store.engine).notifications(inserts=news) as wake,
+        dispatcher_for(store, sandbox, request_timeout=10.0) as dispatcher,
     ):
-        assert news is not None
+        assert wake is not None
         # Without an announcement the run looks again only when a flush frees what it holds.
         dispatcher.recheck_in_hand = 600.0
         dispatcher.news = news if announced else None
-        first = await insert_raw(pg_store, 4, "workspace_update", '{"title": "first"}')
+        first = await insert_raw(store, 4, "workspace_update", '{"title": "first"}')
         run = asyncio.create_task(dispatcher.run())
         try:
             await _until(lambda: len(sandbox.state.requests) == 1)
-            second = await insert_raw(pg_store, 5, "workspace_update", '{"title": "second"}')
+            second = await insert_raw(store, 5, "workspace_update", '{"title": "second"}')
             await _until(lambda: len(sandbox.state.requests) == 2)
-            first_state_when_second_sent = await _state(pg_store, first)
+            first_state_when_second_sent = await _state(store, first)
             report = await asyncio.wait_for(run, 30)
         finally:
             run.cancel()
     assert [r.target for r in sandbox.state.requests] == ["/workspaces/4", "/workspaces/5"]
     assert report.stats.succeeded == 2
-    assert await _state(pg_store, second) == "succeeded"
+    assert await _state(store, second) == "succeeded"
     # Announced: the second went out during the first's 2 s on the wire. Not announced: only
     # once the first's result was written back.
     assert first_state_when_second_sent == ("in_flight" if announced else "succeeded")
@@ -84,6 +83,7 @@ class CountingStore(Store):
         return await super().claim(*args, **kwargs)
 
 
+@pytest.mark.postgres
 async def test_a_storm_of_announcements_claims_at_most_once_per_news_spacing(
     pg_database_url: str, sandbox_factory: SandboxFactory
 ) -> None:
