@@ -61,7 +61,7 @@ T = TypeVar("T")
 
 HEARTBEAT_SECONDS = 5.0
 MIN_IDLE_WAIT = 0.1
-NEWS_SPACING = 0.02
+NEWS_SPACING = 0.05
 """Seconds at least between claims that announced inserts start, while a run has work in hand."""
 DEAD_AFTER_BEATS = 6
 VALIDATE_CHUNK = 50
@@ -121,6 +121,7 @@ class Dispatcher:
         self.recheck_in_hand = FLUSH_INTERVAL
         """Seconds at most that a run with workspaces in hand waits before it claims again."""
         self._claimed_at = float("-inf")
+        self._claim_was_full = False
         self._buffer = WriteBuffer(store, clock, self._lost)
         self.leases = LeaseBook(
             LeaseTerms(settings.lease_seconds, self.dead_after if coordinator else None)
@@ -295,7 +296,9 @@ class Dispatcher:
                         queue.put(workspace_plan)
                     if proving:
                         self._prove(proving, queue)
-                    continue
+                    if self._claim_was_full:
+                        continue
+                    # It took all there was: another claim now would come back empty.
                 if self._busy(queue):
                     await self._wait_in_hand(stop, halt)
                     continue
@@ -380,6 +383,7 @@ class Dispatcher:
             self.clock(),
             self.dead_after if self.coordinator is not None else None,
         )
+        self._claim_was_full = len(rows) >= self.settings.batch_size
         if not rows:
             return []
         self._ledger.stats.claimed += len(rows)

@@ -110,3 +110,20 @@ async def test_a_storm_of_announcements_claims_at_most_once_per_news_spacing(
     assert report.stats.succeeded == 1
     # Every one of them found nothing new; without the spacing there would be one per turn.
     assert 1 <= storm_claims <= storm_s / NEWS_SPACING + 2
+
+
+async def test_a_claim_that_took_everything_is_not_followed_by_another_at_once(
+    sqlite_store: Store, sandbox_factory: SandboxFactory
+) -> None:
+    store = CountingStore(sqlite_store.engine)
+    async with (
+        sandbox_factory(faults=FaultConfig(latency_ms=500)) as sandbox,
+        dispatcher_for(store, sandbox) as dispatcher,
+    ):
+        dispatcher.recheck_in_hand = 600.0  # only the write-back's flush prompts a look
+        await insert_raw(store, 4, "workspace_update", '{"title": "only"}')
+        report = await asyncio.wait_for(dispatcher.run(), 30)
+    assert report.stats.succeeded == 1
+    # One claim takes the change (1 of a possible 200); the next comes after its result is
+    # written back, finds nothing, and the run ends. None while the request is on the wire.
+    assert store.claims == 2
