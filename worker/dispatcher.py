@@ -47,6 +47,7 @@ from .leases import LeaseBook, LeaseTerms
 from .ledger import Ledger
 from .logging import get_logger
 from .metrics import Metrics
+from .pacing import ClaimPacer
 from .planner import Step, WorkspacePlan
 from .proofs import split_for_proof
 from .prover import BulkProver
@@ -55,14 +56,12 @@ from .senders import PlanQueue, Sender
 from .steps import StepRunner
 from .store import Store
 from .waiting import wait_any
-from .writeback import FLUSH_INTERVAL, WriteBuffer
+from .writeback import WriteBuffer
 
 T = TypeVar("T")
 
 HEARTBEAT_SECONDS = 5.0
 MIN_IDLE_WAIT = 0.1
-NEWS_SPACING = 0.05
-"""Seconds at least between claims that announced inserts start, while a run has work in hand."""
 DEAD_AFTER_BEATS = 6
 VALIDATE_CHUNK = 50
 
@@ -114,15 +113,9 @@ class Dispatcher:
         """The clock of lease deadlines (see :mod:`worker.leases`)."""
         self.log = get_logger()
         self.on_progress: Callable[[int], None] | None = None
-        self.news: asyncio.Event | None = None
-        """Set when producers insert (wired by ``serve``, see
-        :meth:`~worker.coordination.Coordinator.notifications`): a run with workspaces in hand
-        then claims at once instead of at its next flush."""
-        self.recheck_in_hand = FLUSH_INTERVAL
-        """Seconds at most that a run with workspaces in hand waits before it claims again."""
-        self._claimed_at = float("-inf")
-        self._claim_was_full = False
         self._buffer = WriteBuffer(store, clock, self._lost)
+        self.pacer = ClaimPacer(self._buffer.flushed, monotonic)
+        """When a run claims next (:mod:`worker.pacing`); ``serve`` gives it news of inserts."""
         self.leases = LeaseBook(
             LeaseTerms(settings.lease_seconds, self.dead_after if coordinator else None)
         )
@@ -234,23 +227,6 @@ class Dispatcher:
             operation, within=self.settings.db_retry_seconds, on_retry=self._db_retrying
         )
 
-    async def _wait_in_hand(self, stop: asyncio.Event, halt: asyncio.Event) -> None:
-        """Nothing claimable yet, workspaces in hand: wait for the next flush (it frees their
-        next changes), or for announced inserts, but claim no sooner than NEWS_SPACING after
-        the last claim started."""
-        self._buffer.flushed.clear()
-        if self.news is None:
-            await wait_any(stop, halt, self._buffer.flushed, seconds=self.recheck_in_hand)
-            return
-        started = self.monotonic()
-        early = self._claimed_at + NEWS_SPACING - started
-        if early > 0:
-            await wait_any(stop, halt, self._buffer.flushed, seconds=early)
-            if stop.is_set() or halt.is_set() or self._buffer.flushed.is_set():
-                return
-        left = self.recheck_in_hand - (self.monotonic() - started)
-        await wait_any(stop, halt, self._buffer.flushed, self.news, seconds=max(left, 0.0))
-
     def _db_retrying(self, exc: DatabaseError, failures: int) -> None:
         if failures == 1:
             self.log.warning("db.retrying", error=str(exc), within_s=self.settings.db_retry_seconds)
@@ -284,9 +260,7 @@ class Dispatcher:
                     queue.hungry.clear()
                     await wait_any(stop, halt, queue.hungry, seconds=1.0)
                     continue
-                if self.news is not None:
-                    self.news.clear()  # what is inserted from now on wakes the next wait
-                self._claimed_at = self.monotonic()
+                self.pacer.claiming()
                 claimed = await self._ride(self._claim)
                 if claimed:
                     ready, proving = split_for_proof(claimed)
@@ -296,11 +270,10 @@ class Dispatcher:
                         queue.put(workspace_plan)
                     if proving:
                         self._prove(proving, queue)
-                    if self._claim_was_full:
+                    if self.pacer.more_left:
                         continue
-                    # It took all there was: another claim now would come back empty.
                 if self._busy(queue):
-                    await self._wait_in_hand(stop, halt)
+                    await self.pacer.wait_in_hand(stop, halt)
                     continue
                 await self._ride(self.flush)
                 wait = await self._ride(self._seconds_until_due)
@@ -383,7 +356,7 @@ class Dispatcher:
             self.clock(),
             self.dead_after if self.coordinator is not None else None,
         )
-        self._claim_was_full = len(rows) >= self.settings.batch_size
+        self.pacer.claimed(len(rows), self.settings.batch_size)
         if not rows:
             return []
         self._ledger.stats.claimed += len(rows)

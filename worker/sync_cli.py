@@ -293,7 +293,7 @@ async def _serve(
         ):
             daemon = Daemon(worker.dispatcher, options, notifier=notifier, wake=wake)
             if wake is not None:
-                worker.dispatcher.news = news  # a run in progress claims new changes at once
+                worker.dispatcher.pacer.news = news  # a busy run claims new changes at once
             daemon.install_signal_handlers()
             return await daemon.run(
                 on_listening=(

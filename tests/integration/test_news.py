@@ -15,8 +15,8 @@ import sqlalchemy as sa
 from tests.conftest import migrated_store
 from tests.integration.pipeline_helpers import dispatcher_for, insert_raw
 from worker.coordination import Coordinator
-from worker.dispatcher import NEWS_SPACING
 from worker.models import sync_changes
+from worker.pacing import NEWS_SPACING
 from worker.sandbox.faults import FaultConfig
 from worker.store import Store
 
@@ -53,8 +53,8 @@ async def test_an_insert_announced_during_a_run_is_sent_while_the_first_is_still
     ):
         assert wake is not None
         # Without an announcement the run looks again only when a flush frees what it holds.
-        dispatcher.recheck_in_hand = 600.0
-        dispatcher.news = news if announced else None
+        dispatcher.pacer.recheck = 600.0
+        dispatcher.pacer.news = news if announced else None
         first = await insert_raw(store, 4, "workspace_update", '{"title": "first"}')
         run = asyncio.create_task(dispatcher.run())
         try:
@@ -93,8 +93,8 @@ async def test_a_storm_of_announcements_claims_at_most_once_per_news_spacing(
     ):
         store = CountingStore(migrated.engine)
         async with dispatcher_for(store, sandbox, request_timeout=10.0) as dispatcher:
-            dispatcher.recheck_in_hand = 600.0
-            news = dispatcher.news = asyncio.Event()
+            dispatcher.pacer.recheck = 600.0
+            news = dispatcher.pacer.news = asyncio.Event()
             await insert_raw(store, 4, "workspace_update", '{"title": "held"}')
             run = asyncio.create_task(dispatcher.run())
             try:
@@ -120,7 +120,7 @@ async def test_a_claim_that_took_everything_is_not_followed_by_another_at_once(
         sandbox_factory(faults=FaultConfig(latency_ms=500)) as sandbox,
         dispatcher_for(store, sandbox) as dispatcher,
     ):
-        dispatcher.recheck_in_hand = 600.0  # only the write-back's flush prompts a look
+        dispatcher.pacer.recheck = 600.0  # only the write-back's flush prompts a look
         await insert_raw(store, 4, "workspace_update", '{"title": "only"}')
         report = await asyncio.wait_for(dispatcher.run(), 30)
     assert report.stats.succeeded == 1
