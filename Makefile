@@ -23,8 +23,12 @@ lint: install
 	$(BIN)/ruff format --check worker tests migrations
 	$(BIN)/mypy
 
+# Two pytest-xdist workers, as many as the machines have cores. worksteal, not xdist's default
+# 'load': that one hands each worker a long run of consecutive tests first, and one worker got
+# every acceptance test (most of the suite's time) while the other ran all the rest. A plain
+# `python -m pytest` stays serial.
 test: lint
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n 2 --dist worksteal
 
 demo: install
 	PATH="$(CURDIR)/$(BIN):$$PATH" bash scripts/demo.sh

@@ -17,6 +17,7 @@ import atexit
 import contextlib
 import os
 import pwd
+import random
 import shutil
 import socket
 import subprocess
@@ -49,10 +50,32 @@ def find_pg_bin() -> Path | None:
     return Path(found).parent if found else None
 
 
+CLUSTER_PORTS = range(20000, 32000)
+"""Below Linux's ephemeral range (32768-60999 unless configured), from which the kernel takes
+every port 0 bind and every outgoing connection's local port. A cluster that its test stops
+leaves its port free for as long as the outage lasts (20 s), and a port from that range could
+meanwhile go to a sandbox or listener of a test running beside it (pytest-xdist): the cluster
+would then fail to start again. Nothing in the suite binds a fixed port down here."""
+PORTS_PER_WORKER = 1000
+
+
 def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A free port for a cluster, from this pytest-xdist worker's own slice of
+    :data:`CLUSTER_PORTS` (``gw0`` the first; no worker id, as without xdist, the first too),
+    so that two workers' clusters never pick the same port."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw")
+    index = (int(worker) if worker.isdigit() else 0) % (len(CLUSTER_PORTS) // PORTS_PER_WORKER)
+    start = CLUSTER_PORTS.start + index * PORTS_PER_WORKER
+    ports = list(range(start, start + PORTS_PER_WORKER))
+    random.shuffle(ports)
+    for port in ports:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free port in {start}-{start + PORTS_PER_WORKER - 1}")
 
 
 class PgCluster:

@@ -18,6 +18,17 @@ KANTATA_SYNC = str(BIN / "kantata-sync")
 TOKEN = "sandbox-token"
 
 
+def sigint_as_at_a_terminal() -> None:
+    """``preexec_fn`` for a CLI child that a test may Ctrl-C: SIGINT at its default, as a
+    terminal's foreground job has it.
+
+    A child inherits an ignored SIGINT from whatever started the suite with it ignored (a
+    non-interactive shell's background job, ``nohup``), and CPython then rightly installs no
+    KeyboardInterrupt handler: the CLI would sit out the test's SIGINT as such a job should.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @dataclass
 class Cli:
     env: dict[str, str]
@@ -37,14 +48,18 @@ class Cli:
             check=False,
         )
 
-    def popen(self, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+    def popen(
+        self, *args: str, env: dict[str, str] | None = None, stdin: int | None = None
+    ) -> subprocess.Popen[str]:
         return subprocess.Popen(
             [KANTATA_SYNC, *args],
+            stdin=stdin,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
             env={**self.env, **(env or {})},
             cwd=self.cwd,
+            preexec_fn=sigint_as_at_a_terminal,
         )
 
 
@@ -74,6 +89,7 @@ def start_sandbox(*args: str) -> SandboxProcess:
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        preexec_fn=sigint_as_at_a_terminal,
     )
     assert process.stdout is not None
     line = process.stdout.readline()

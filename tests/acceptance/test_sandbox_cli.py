@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.acceptance.conftest import sigint_as_at_a_terminal
+
 ROOT = Path(__file__).resolve().parents[2]
 PREFIX = "Kantata OX sandbox listening on http://127.0.0.1:"
 
@@ -25,6 +27,7 @@ def sandbox_process() -> Iterator[tuple[subprocess.Popen[str], str]]:
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        preexec_fn=sigint_as_at_a_terminal,
     )
     try:
         assert process.stdout is not None
