@@ -286,9 +286,9 @@ def import_floor_cpu(backend: str, runs: int = 3) -> float:
     for _ in range(runs):
         child = subprocess.Popen([sys.executable, "-c", LIBRARIES[backend]], env=env)
         _pid, status, usage = os.wait4(child.pid, 0)
-        child.returncode = os.waitstatus_to_exitcode(status)
-        if child.returncode:
-            raise BenchError(f"importing the libraries exited {child.returncode}")
+        child.returncode = code = os.waitstatus_to_exitcode(status)  # reaped: Popen must know
+        if code:
+            raise BenchError(f"importing the libraries exited {code}")
         times.append(usage.ru_utime + usage.ru_stime)
     return median(times)
 

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import random
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import sqlalchemy as sa
@@ -90,3 +92,14 @@ async def all_rows(store: Store) -> dict[int, dict[str, Any]]:
         if isinstance(row.get("result"), str):
             row["result"] = json.loads(row["result"])
     return rows
+
+
+async def eventually(check: Callable[[], Awaitable[bool] | bool], within: float = 30.0) -> None:
+    """Return once ``check()`` holds (it may be a coroutine); fail after ``within`` seconds."""
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        outcome = check()
+        if await outcome if isinstance(outcome, Awaitable) else outcome:
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError("condition not met in time")

@@ -35,16 +35,15 @@ from worker.store import Store
 from ..conftest import PG_ADMIN_URL
 from ..notify_socket import NotifySocket
 from .conftest import SandboxFactory
-from .pipeline_helpers import TOKEN, all_rows, fast_settings, insert_raw, status, update
-
-
-async def eventually(check: Callable[[], Awaitable[bool]], within: float = 30.0) -> None:
-    deadline = time.monotonic() + within
-    while time.monotonic() < deadline:
-        if await check():
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError("condition not met in time")
+from .pipeline_helpers import (
+    TOKEN,
+    all_rows,
+    eventually,
+    fast_settings,
+    insert_raw,
+    status,
+    update,
+)
 
 
 @contextlib.asynccontextmanager

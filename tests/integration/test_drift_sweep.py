@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
@@ -22,19 +22,9 @@ from worker.sandbox.testing import SandboxHandle
 from worker.store import Store
 from worker.sweep import Sweeper
 
-from .pipeline_helpers import TOKEN, fast_settings, status, update
+from .pipeline_helpers import TOKEN, eventually, fast_settings, status, update
 
 INDEX = Route.GET_WORKSPACES
-
-
-async def eventually(check: Callable[[], Awaitable[bool] | bool], within: float = 30.0) -> None:
-    deadline = time.monotonic() + within
-    while time.monotonic() < deadline:
-        outcome = check()
-        if await outcome if isinstance(outcome, Awaitable) else outcome:
-            return
-        await asyncio.sleep(0.02)
-    raise AssertionError("condition not met in time")
 
 
 @contextlib.asynccontextmanager

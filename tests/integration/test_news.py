@@ -6,16 +6,13 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
-import sqlalchemy as sa
 
 from tests.conftest import migrated_store
-from tests.integration.pipeline_helpers import dispatcher_for, insert_raw
+from tests.integration.pipeline_helpers import all_rows, dispatcher_for, eventually, insert_raw
 from worker.coordination import Coordinator
-from worker.models import sync_changes
 from worker.pacing import NEWS_SPACING
 from worker.sandbox.faults import FaultConfig
 from worker.store import Store
@@ -25,20 +22,8 @@ from .conftest import SandboxFactory
 LATENCY_MS = 2000
 
 
-async def _until(check: Callable[[], bool | Awaitable[bool]], within: float = 20.0) -> None:
-    deadline = time.monotonic() + within
-    while time.monotonic() < deadline:
-        result = check()
-        if result if isinstance(result, bool) else await result:
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError("condition not met in time")
-
-
 async def _state(store: Store, change_id: int) -> str:
-    async with store.engine.connect() as conn:
-        query = sa.select(sync_changes.c.state).where(sync_changes.c.id == change_id)
-        return str((await conn.execute(query)).scalar_one())
+    return str((await all_rows(store))[change_id]["state"])
 
 
 @pytest.mark.parametrize("announced", [True, False], ids=["announced", "not-announced"])
@@ -58,9 +43,9 @@ async def test_an_insert_announced_during_a_run_is_sent_while_the_first_is_still
         first = await insert_raw(store, 4, "workspace_update", '{"title": "first"}')
         run = asyncio.create_task(dispatcher.run())
         try:
-            await _until(lambda: len(sandbox.state.requests) == 1)
+            await eventually(lambda: len(sandbox.state.requests) == 1)
             second = await insert_raw(store, 5, "workspace_update", '{"title": "second"}')
-            await _until(lambda: len(sandbox.state.requests) == 2)
+            await eventually(lambda: len(sandbox.state.requests) == 2)
             first_state_when_second_sent = await _state(store, first)
             report = await asyncio.wait_for(run, 30)
         finally:
@@ -98,7 +83,7 @@ async def test_a_storm_of_announcements_claims_at_most_once_per_news_spacing(
             await insert_raw(store, 4, "workspace_update", '{"title": "held"}')
             run = asyncio.create_task(dispatcher.run())
             try:
-                await _until(lambda: len(sandbox.state.requests) == 1)
+                await eventually(lambda: len(sandbox.state.requests) == 1)
                 before, started = store.claims, time.monotonic()
                 while time.monotonic() - started < 1.0:  # an announcement every millisecond
                     news.set()
